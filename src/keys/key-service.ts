@@ -1,0 +1,298 @@
+// Key management: create, list, get, update, rotate, revoke. Validates input,
+// applies the role policy, writes through the store, and announces every
+// change that affects verification before returning.
+import { create } from "@bufbuild/protobuf";
+import {
+  type CreateKeyRequest,
+  type CreateKeyResponse,
+  CreateKeyResponseSchema,
+  type GetKeyRequest,
+  type GetKeyResponse,
+  GetKeyResponseSchema,
+  type ListKeysRequest,
+  type ListKeysResponse,
+  ListKeysResponseSchema,
+  type RevokeKeyRequest,
+  type RevokeKeyResponse,
+  RevokeKeyResponseSchema,
+  type RevokeKeysRequest,
+  type RevokeKeysResponse,
+  RevokeKeysResponseSchema,
+  type RotateKeyRequest,
+  type RotateKeyResponse,
+  RotateKeyResponseSchema,
+  type UpdateKeyRequest,
+  type UpdateKeyResponse,
+  UpdateKeyResponseSchema,
+} from "../../gen/apikeys/v1/apikeys_pb.js";
+import type { KeyPatch, Store } from "../store/store.js";
+import { auditEvent } from "./audit.js";
+import type { CallContext } from "./call-context.js";
+import { ApiError, Status, invalidArgument, keyNotFound } from "./errors.js";
+import type { SecretHasher } from "./hashing.js";
+import type { Invalidator } from "./invalidation.js";
+import { generateSecret, newKeyId, previewOf } from "./key-format.js";
+import { toApiKey } from "./mapping.js";
+import { decodePageToken, encodePageToken } from "./page-token.js";
+import { type KeyPolicy, mayViewAll, requireMayChange, requireRole } from "./policy.js";
+import type { KeyRecord } from "./records.js";
+import {
+  LIMITS,
+  checkLimits,
+  checkMetadata,
+  checkPageSize,
+  checkPrefix,
+  checkScopes,
+  checkText,
+  durationMs,
+  optionalId,
+  requireActor,
+  requireId,
+  timestampToMs,
+} from "./validation.js";
+
+export interface KeyServiceOptions {
+  store: Store;
+  hasher: SecretHasher;
+  policy: KeyPolicy;
+  invalidator: Invalidator;
+  defaultPrefix: string;
+  now?: () => number;
+}
+
+const UPDATABLE = new Set(["name", "scopes", "expire_time", "metadata", "limits"]);
+
+export class KeyService {
+  private readonly store: Store;
+  private readonly hasher: SecretHasher;
+  private readonly policy: KeyPolicy;
+  private readonly invalidator: Invalidator;
+  private readonly defaultPrefix: string;
+  private readonly now: () => number;
+
+  constructor(options: KeyServiceOptions) {
+    this.store = options.store;
+    this.hasher = options.hasher;
+    this.policy = options.policy;
+    this.invalidator = options.invalidator;
+    this.defaultPrefix = checkPrefix(options.defaultPrefix);
+    this.now = options.now ?? Date.now;
+  }
+
+  async createKey(req: CreateKeyRequest, call: CallContext): Promise<CreateKeyResponse> {
+    const now = this.now();
+    const orgId = requireId("organization_id", req.organizationId);
+    const projectId = optionalId("project_id", req.projectId);
+    const actor = requireActor(req.actor);
+    const name = checkText("name", req.name, LIMITS.nameLength);
+    const prefix = req.prefix === "" ? this.defaultPrefix : checkPrefix(req.prefix);
+    const scopes = checkScopes("scopes", req.scopes);
+    const metadata = checkMetadata("metadata", req.metadata);
+    const limits = checkLimits("limits", req.limits);
+    const requestId = checkText("request_id", req.requestId, LIMITS.requestIdLength);
+    let expireTime: number | null = null;
+    if (req.expiration.case === "expireTime") {
+      expireTime = timestampToMs("expire_time", req.expiration.value);
+      if (expireTime <= now) throw invalidArgument("expire_time", "must be in the future");
+    } else if (req.expiration.case === "ttl") {
+      const ttl = durationMs("ttl", req.expiration.value);
+      if (ttl <= 0) throw invalidArgument("ttl", "must be positive");
+      expireTime = now + ttl;
+    }
+    requireRole(this.policy, "create", actor.role, "creating a key");
+
+    const secret = generateSecret(prefix);
+    const key: KeyRecord = {
+      id: newKeyId(),
+      organizationId: orgId,
+      projectId,
+      name,
+      prefix,
+      preview: previewOf(secret),
+      scopes,
+      createdBy: actor.userId,
+      createTime: now,
+      updateTime: now,
+      expireTime,
+      lastUsedTime: null,
+      revokeTime: null,
+      revokedBy: "",
+      revokeReason: "",
+      rotateTime: null,
+      previousSecretExpireTime: null,
+      metadata,
+      limits,
+    };
+    const result = await this.store.createKey({
+      key,
+      hash: this.hasher.hash(secret),
+      creatorRole: actor.role,
+      // Idempotency is per caller: two callers never collide on a request id.
+      requestId: requestId === "" ? "" : `${call.caller}/${requestId}`,
+      audit: auditEvent(call, actor, orgId, "key.create", now, key.id, projectId ? { project_id: projectId } : {}),
+    });
+    // The creator's role was just recorded; instances that cached their keys with an older role must drop them.
+    if (result.created) await this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId: actor.userId });
+    return create(CreateKeyResponseSchema, {
+      key: toApiKey(result.key, now),
+      secret: result.created ? secret : "",
+    });
+  }
+
+  async listKeys(req: ListKeysRequest, _call: CallContext): Promise<ListKeysResponse> {
+    const now = this.now();
+    const orgId = requireId("organization_id", req.organizationId);
+    const projectId = optionalId("project_id", req.projectId);
+    const actor = requireActor(req.actor);
+    let createdBy = optionalId("created_by", req.createdBy);
+    const pageSize = checkPageSize(req.pageSize);
+    if (!mayViewAll(this.policy, actor.role)) {
+      // Below view_all an actor sees only their own keys.
+      if (createdBy !== "" && createdBy !== actor.userId) requireRole(this.policy, "view_all", actor.role, "listing another user's keys");
+      createdBy = actor.userId;
+    }
+    const filters = [orgId, projectId, createdBy, req.showRevoked];
+    const after = decodePageToken(req.pageToken, filters);
+    const page = await this.store.listKeys({
+      organizationId: orgId,
+      projectId,
+      createdBy,
+      showRevoked: req.showRevoked,
+      after,
+      limit: pageSize,
+    });
+    return create(ListKeysResponseSchema, {
+      keys: page.items.map((k) => toApiKey(k, now)),
+      nextPageToken: encodePageToken(page.next, filters),
+    });
+  }
+
+  async getKey(req: GetKeyRequest, _call: CallContext): Promise<GetKeyResponse> {
+    const orgId = requireId("organization_id", req.organizationId);
+    const keyId = requireId("key_id", req.keyId);
+    const actor = requireActor(req.actor);
+    const key = await this.findKey(orgId, keyId);
+    if (key.createdBy !== actor.userId) requireRole(this.policy, "view_all", actor.role, "viewing another user's key");
+    return create(GetKeyResponseSchema, { key: toApiKey(key, this.now()) });
+  }
+
+  async updateKey(req: UpdateKeyRequest, call: CallContext): Promise<UpdateKeyResponse> {
+    const now = this.now();
+    const orgId = requireId("organization_id", req.organizationId);
+    const keyId = requireId("key_id", req.keyId);
+    const actor = requireActor(req.actor);
+    const paths = req.updateMask?.paths ?? [];
+    if (paths.length === 0) throw invalidArgument("update_mask", `is required: name any of ${[...UPDATABLE].join(", ")}`);
+    const patch: KeyPatch = {};
+    for (const path of paths) {
+      switch (path) {
+        case "name":
+          patch.name = checkText("name", req.name, LIMITS.nameLength);
+          break;
+        case "scopes":
+          patch.scopes = checkScopes("scopes", req.scopes);
+          break;
+        case "expire_time":
+          patch.expireTime = req.expireTime ? timestampToMs("expire_time", req.expireTime) : null;
+          break;
+        case "metadata":
+          patch.metadata = checkMetadata("metadata", req.metadata);
+          break;
+        case "limits":
+          patch.limits = checkLimits("limits", req.limits);
+          break;
+        default:
+          throw invalidArgument("update_mask", `unknown path "${path}" (allowed: ${[...UPDATABLE].join(", ")})`);
+      }
+    }
+    const key = await this.findKey(orgId, keyId);
+    requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "updating a key");
+    if (key.revokeTime !== null) throw keyRevoked(keyId, "updated");
+    const updated = await this.store.updateKey(
+      orgId,
+      keyId,
+      patch,
+      now,
+      auditEvent(call, actor, orgId, "key.update", now, keyId, { fields: paths.join(",") }),
+    );
+    if (!updated) throw keyNotFound(keyId);
+    await this.invalidator.invalidate({ kind: "keys", keyIds: [keyId] });
+    return create(UpdateKeyResponseSchema, { key: toApiKey(updated, now) });
+  }
+
+  async rotateKey(req: RotateKeyRequest, call: CallContext): Promise<RotateKeyResponse> {
+    const now = this.now();
+    const orgId = requireId("organization_id", req.organizationId);
+    const keyId = requireId("key_id", req.keyId);
+    const actor = requireActor(req.actor);
+    const grace = durationMs("grace_period", req.gracePeriod);
+    if (grace > LIMITS.maxGraceMs) throw invalidArgument("grace_period", "must be at most 30 days");
+    const key = await this.findKey(orgId, keyId);
+    requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "rotating a key");
+    if (key.revokeTime !== null) throw keyRevoked(keyId, "rotated");
+    const secret = generateSecret(key.prefix);
+    const rotated = await this.store.rotateKey(
+      orgId,
+      keyId,
+      { newHash: this.hasher.hash(secret), newPreview: previewOf(secret), oldSecretExpireTime: now + grace },
+      now,
+      auditEvent(call, actor, orgId, "key.rotate", now, keyId, { grace_seconds: String(Math.floor(grace / 1000)) }),
+    );
+    if (!rotated) throw keyNotFound(keyId);
+    await this.invalidator.invalidate({ kind: "keys", keyIds: [keyId] });
+    return create(RotateKeyResponseSchema, { key: toApiKey(rotated, now), secret });
+  }
+
+  async revokeKey(req: RevokeKeyRequest, call: CallContext): Promise<RevokeKeyResponse> {
+    const now = this.now();
+    const orgId = requireId("organization_id", req.organizationId);
+    const keyId = requireId("key_id", req.keyId);
+    const actor = requireActor(req.actor);
+    const reason = checkText("reason", req.reason, LIMITS.reasonLength);
+    const key = await this.findKey(orgId, keyId);
+    requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "revoking a key");
+    const result = await this.store.revokeKey(
+      orgId,
+      keyId,
+      actor.userId,
+      reason,
+      now,
+      auditEvent(call, actor, orgId, "key.revoke", now, keyId, reason ? { reason } : {}),
+    );
+    if (!result) throw keyNotFound(keyId);
+    // Also on a repeated revoke: the first call may have failed after its write, before its broadcast.
+    await this.invalidator.invalidate({ kind: "keys", keyIds: [keyId] });
+    return create(RevokeKeyResponseSchema, { key: toApiKey(result.key, now) });
+  }
+
+  async revokeKeys(req: RevokeKeysRequest, call: CallContext): Promise<RevokeKeysResponse> {
+    const now = this.now();
+    const orgId = requireId("organization_id", req.organizationId);
+    const actor = requireActor(req.actor);
+    const createdBy = requireId("created_by", req.createdBy);
+    const reason = checkText("reason", req.reason, LIMITS.reasonLength);
+    requireMayChange(this.policy, actor.userId, actor.role, createdBy, "revoking keys");
+    const changed = await this.store.revokeKeysCreatedBy(
+      orgId,
+      createdBy,
+      actor.userId,
+      reason,
+      now,
+      auditEvent(call, actor, orgId, "key.revoke_all", now, "", { created_by: createdBy, ...(reason ? { reason } : {}) }),
+    );
+    if (changed.keyIds.length > 0) await this.invalidator.invalidate({ kind: "keys", keyIds: changed.keyIds });
+    return create(RevokeKeysResponseSchema, { revokedCount: changed.keyIds.length });
+  }
+
+  private async findKey(orgId: string, keyId: string): Promise<KeyRecord> {
+    const key = await this.store.getKey(orgId, keyId);
+    if (!key) throw keyNotFound(keyId);
+    return key;
+  }
+}
+
+function keyRevoked(keyId: string, verb: string): ApiError {
+  return new ApiError(Status.FAILED_PRECONDITION, "KEY_REVOKED", `key ${keyId} is revoked and cannot be ${verb}`, {
+    key_id: keyId,
+  });
+}

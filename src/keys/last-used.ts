@@ -1,0 +1,56 @@
+// Last-used times are collected in memory and written in one batch per
+// interval, so a verification never waits for (or causes) a database write.
+import type { Store } from "../store/store.js";
+
+export class LastUsedTracker {
+  private pending = new Map<string, number>();
+  private timer: NodeJS.Timeout | null = null;
+  private flushing: Promise<void> | null = null;
+  /** Batches written, for metrics and tests. */
+  writes = 0;
+
+  constructor(
+    private readonly store: Store,
+    private readonly intervalMs: number,
+    private readonly onError: (err: unknown) => void = () => {},
+  ) {}
+
+  touch(keyId: string, now: number): void {
+    this.pending.set(keyId, now);
+  }
+
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => void this.flush(), this.intervalMs);
+    this.timer.unref();
+  }
+
+  /** Writes what is pending. On failure the times are kept for the next flush. */
+  flush(): Promise<void> {
+    if (this.flushing) return this.flushing;
+    if (this.pending.size === 0) return Promise.resolve();
+    const batch = this.pending;
+    this.pending = new Map();
+    this.flushing = this.store
+      .touchLastUsed(batch)
+      .then(() => {
+        this.writes++;
+      })
+      .catch((err) => {
+        for (const [id, t] of batch) if ((this.pending.get(id) ?? 0) < t) this.pending.set(id, t);
+        this.onError(err);
+      })
+      .finally(() => {
+        this.flushing = null;
+      });
+    return this.flushing;
+  }
+
+  /** Stops the timer and writes what is left. */
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.flushing;
+    await this.flush();
+  }
+}

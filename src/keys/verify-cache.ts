@@ -1,0 +1,135 @@
+// The in-process verification cache: secret hash → what VerifyKey needs,
+// prepared once (the ApiKey and Principal messages are built at load time,
+// not per call). Negative entries remember unknown hashes so floods of
+// well-formed but unknown keys do not reach the database.
+//
+// Correctness rules:
+// - Every invalidation bumps `generation`; a database load that started before
+//   an invalidation does not populate the cache (it may hold pre-change state).
+// - The cache is used only while trusted: until `trustedUntil`. A single
+//   instance trusts it forever; with the Redis broadcast, trust is a lease the
+//   instance renews by receiving its own pings through Redis, so an instance
+//   that might be missing invalidations stops using its cache by itself.
+import { LRUCache } from "lru-cache";
+import type { ApiKey, Principal } from "../../gen/apikeys/v1/apikeys_pb.js";
+import type { Invalidation } from "./invalidation.js";
+import { toApiKey, toPrincipal } from "./mapping.js";
+import type { VerifyRecord } from "./records.js";
+
+export interface VerifyEntry {
+  readonly record: VerifyRecord;
+  /** Prebuilt for responses; state as of load time (expiry is re-checked per call). */
+  readonly apiKey: ApiKey;
+  readonly principal: Principal;
+  /** Exact scopes, and prefixes of "x:*" wildcards; allScopes when the key has no scopes or "*". */
+  readonly scopes: ReadonlySet<string>;
+  readonly wildcards: readonly string[];
+  readonly allScopes: boolean;
+}
+
+/** Marker stored for hashes the database does not know. */
+export const UNKNOWN = null;
+export type CacheValue = VerifyEntry | typeof UNKNOWN;
+
+export interface VerifyCacheOptions {
+  maxEntries: number;
+  ttlMs: number;
+  negativeTtlMs: number;
+}
+
+export function buildEntry(record: VerifyRecord, now: number): VerifyEntry {
+  const scopes = new Set<string>();
+  const wildcards: string[] = [];
+  let allScopes = record.key.scopes.length === 0;
+  for (const s of record.key.scopes) {
+    if (s === "*") allScopes = true;
+    else if (s.endsWith(":*")) wildcards.push(s.slice(0, -1)); // "documents:*" → "documents:"
+    else scopes.add(s);
+  }
+  return { record, apiKey: toApiKey(record.key, now), principal: toPrincipal(record), scopes, wildcards, allScopes };
+}
+
+export class VerifyCache {
+  /** Bumped by every invalidation; see the class comment. */
+  generation = 0;
+  private trustedUntil = Number.POSITIVE_INFINITY;
+  // Values are wrapped so that UNKNOWN (null) can be stored.
+  private readonly lru: LRUCache<string, { v: CacheValue }>;
+  private readonly negativeTtlMs: number;
+  hits = 0;
+  misses = 0;
+
+  constructor(options: VerifyCacheOptions) {
+    this.lru = new LRUCache({ max: options.maxEntries, ttl: options.ttlMs, updateAgeOnGet: false });
+    this.negativeTtlMs = options.negativeTtlMs;
+  }
+
+  isTrusted(now: number): boolean {
+    return now < this.trustedUntil;
+  }
+
+  /** The cached value, or undefined on a miss (also whenever the cache is not trusted at `now`). */
+  get(hashKey: string, now: number): CacheValue | undefined {
+    if (now >= this.trustedUntil) return undefined;
+    const hit = this.lru.get(hashKey);
+    if (hit === undefined) {
+      this.misses++;
+      return undefined;
+    }
+    this.hits++;
+    return hit.v;
+  }
+
+  /** Stores a load result unless an invalidation happened since `generation` was read. */
+  set(hashKey: string, value: CacheValue, generation: number, now: number): void {
+    if (now >= this.trustedUntil || generation !== this.generation) return;
+    this.lru.set(hashKey, { v: value }, value === UNKNOWN ? { ttl: this.negativeTtlMs } : undefined);
+  }
+
+  /** Drops every entry the change could affect. */
+  apply(event: Invalidation): void {
+    this.generation++;
+    switch (event.kind) {
+      case "keys": {
+        const ids = new Set(event.keyIds);
+        this.evictWhere((e) => ids.has(e.record.key.id));
+        break;
+      }
+      case "member":
+        this.evictWhere((e) => e.record.key.organizationId === event.organizationId && e.record.key.createdBy === event.userId);
+        break;
+      case "org":
+        this.evictWhere((e) => e.record.key.organizationId === event.organizationId);
+        break;
+    }
+  }
+
+  /** Stops using the cache at once and drops everything (it may have missed invalidations). */
+  distrust(): void {
+    this.generation++;
+    this.trustedUntil = 0;
+    this.lru.clear();
+  }
+
+  /** Trusts the cache until `until` (epoch ms), unless already trusted for longer. */
+  trustUntil(until: number): void {
+    if (until > this.trustedUntil) this.trustedUntil = until;
+  }
+
+  clear(): void {
+    this.generation++;
+    this.lru.clear();
+  }
+
+  get size(): number {
+    return this.lru.size;
+  }
+
+  private evictWhere(match: (e: VerifyEntry) => boolean): void {
+    // Invalidations are rare next to verifications; a scan keeps entries small
+    // and needs no secondary index to keep consistent.
+    for (const [k, { v }] of this.lru.entries()) {
+      if (v !== UNKNOWN && match(v)) this.lru.delete(k);
+    }
+  }
+}

@@ -1,0 +1,13 @@
+// Structured JSON logs (pino). Never log a secret: requests are not logged
+// whole, and the redaction below is a safety net for fields that might carry one.
+import { pino, type Logger } from "pino";
+
+export type { Logger };
+
+export function createLogger(level: string): Logger {
+  return pino({
+    level,
+    base: { service: "apikeys" },
+    redact: { paths: ["key", "secret", "token", "pepper", "*.key", "*.secret", "*.token", "*.pepper", "authorization"], censor: "[redacted]" },
+  });
+}

@@ -1,0 +1,76 @@
+// Entry point: `npm run dev` (--dev), `npm start`, `npm run migrate` (--migrate).
+import { create } from "@bufbuild/protobuf";
+import { type App, buildApp, openStore } from "./app.js";
+import { ConfigError, loadConfig } from "./config.js";
+import { CreateKeyRequestSchema, Role } from "../gen/apikeys/v1/apikeys_pb.js";
+
+async function printDemo(app: App, httpPort: number, grpcPort: number): Promise<void> {
+  const { key, secret } = await app.keys.createKey(
+    create(CreateKeyRequestSchema, {
+      organizationId: "org_demo",
+      actor: { userId: "user_demo", role: Role.OWNER },
+      name: "demo key",
+      scopes: ["documents:read"],
+    }),
+    { caller: "dev" },
+  );
+  const host = app.config.host;
+  process.stdout.write(
+    [
+      "",
+      "apikeys is running in dev mode (in-memory store: nothing is kept after exit).",
+      `  gRPC  ${host}:${grpcPort}   (apikeys.v1.ApiKeyService)`,
+      `  HTTP  http://${host}:${httpPort}   (Connect/JSON, gRPC-Web, /healthz)`,
+      "",
+      `Demo key (organization org_demo, id ${key?.id}, scope documents:read):`,
+      `  ${secret}`,
+      "",
+      "Verify it:",
+      `  curl -s -H 'content-type: application/json' -d '{"key":"${secret}","requiredScopes":["documents:read"]}' http://${host}:${httpPort}/apikeys.v1.ApiKeyService/VerifyKey`,
+      "",
+      "Create another:",
+      `  curl -s -H 'content-type: application/json' -d '{"organizationId":"org_demo","actor":{"userId":"user_demo","role":"ROLE_OWNER"},"name":"my key"}' http://${host}:${httpPort}/apikeys.v1.ApiKeyService/CreateKey`,
+      "",
+    ].join("\n"),
+  );
+}
+
+async function main(): Promise<void> {
+  const args = new Set(process.argv.slice(2));
+  const config = loadConfig(process.env, { dev: args.has("--dev") });
+  if (args.has("--migrate")) {
+    const store = await openStore(config);
+    await store.close();
+    process.stdout.write("migrations applied\n");
+    return;
+  }
+  const app = await buildApp(config);
+  const { grpcPort, httpPort } = await app.start();
+  app.logger.info({ grpcPort, httpPort, dev: config.dev, host: config.host }, "apikeys listening");
+  if (config.dev) await printDemo(app, httpPort, grpcPort);
+
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    app.logger.info({ signal }, "shutting down");
+    app.stop().then(
+      () => process.exit(0),
+      (err) => {
+        app.logger.error({ err }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", () => shutdown("SIGTERM"));
+  process.on("SIGINT", () => shutdown("SIGINT"));
+}
+
+main().catch((err) => {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`apikeys: configuration error: ${err.message}\n`);
+    process.exit(2);
+  }
+  process.stderr.write(`apikeys: failed to start: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,98 @@
+// gRPC over HTTP/2 with grpc-js, (de)serializing with the protobuf-es schemas.
+// Service definitions are derived from the generated descriptors, so adding an
+// RPC to the proto and a handler to a binding is all it takes.
+import { type DescMessage, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import { invalidArgument } from "../keys/errors.js";
+import type { CallerAuth } from "./auth.js";
+import type { ServiceBinding } from "./bindings.js";
+import { type InternalErrorSink, toGrpcError } from "./errors.js";
+
+/** Marks a request that could not be decoded, so the handler can answer INVALID_ARGUMENT. */
+const UNDECODABLE = Symbol("undecodable");
+
+function toBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function decoder(schema: DescMessage) {
+  return (bytes: Buffer): unknown => {
+    try {
+      return fromBinary(schema, bytes);
+    } catch {
+      return UNDECODABLE;
+    }
+  };
+}
+
+export interface GrpcServerOptions {
+  maxMessageBytes: number;
+}
+
+export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
+  return new grpc.Server({
+    "grpc.max_receive_message_length": options.maxMessageBytes,
+    "grpc.max_send_message_length": 4 * 1024 * 1024,
+    // Callers keep long-lived connections; reap dead ones.
+    "grpc.keepalive_time_ms": 60_000,
+    "grpc.keepalive_timeout_ms": 20_000,
+    "grpc.keepalive_permit_without_calls": 1,
+  });
+}
+
+/** The grpc-js service definition of a protobuf-es service: paths and (de)serializers. */
+export function serviceDefinition(service: DescService): Record<string, grpc.MethodDefinition<unknown, unknown>> {
+  const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const method of service.methods) {
+    definition[method.localName] = {
+      path: `/${service.typeName}/${method.name}`,
+      requestStream: false,
+      responseStream: false,
+      originalName: method.localName,
+      requestSerialize: (m) => toBuffer(toBinary(method.input, m as never)),
+      requestDeserialize: decoder(method.input),
+      responseSerialize: (m) => toBuffer(toBinary(method.output, m as never)),
+      responseDeserialize: (b: Buffer) => fromBinary(method.output, b),
+    };
+  }
+  return definition;
+}
+
+export function addBinding(server: grpc.Server, binding: ServiceBinding, auth: CallerAuth, onInternal: InternalErrorSink): void {
+  const definition = serviceDefinition(binding.service);
+  const implementation: grpc.UntypedServiceImplementation = {};
+  for (const method of binding.service.methods) {
+    const path = definition[method.localName].path;
+    const handler = binding.handlers[method.localName] as (req: unknown, call: unknown) => unknown;
+    const access = binding.access(method.localName);
+    const fail = (callback: grpc.sendUnaryData<unknown>, err: unknown) => callback(toGrpcError(err, path, onInternal));
+    implementation[method.localName] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      let result: unknown;
+      try {
+        if (call.request === UNDECODABLE) throw invalidArgument("request", "is not a valid protobuf message");
+        const header = call.metadata.get("authorization");
+        const caller = auth.authorize(header.length > 0 ? String(header[0]) : undefined, access);
+        result = handler(call.request, caller.context);
+      } catch (err) {
+        fail(callback, err);
+        return;
+      }
+      if (result instanceof Promise) {
+        result.then(
+          (res) => callback(null, res),
+          (err) => fail(callback, err),
+        );
+      } else {
+        callback(null, result);
+      }
+    };
+  }
+  server.addService(definition, implementation);
+}
+
+/** Binds and starts listening; resolves with the bound port (useful with port 0). */
+export function listenGrpc(server: grpc.Server, host: string, port: number, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(`${host.includes(":") ? `[${host}]` : host}:${port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
+  });
+}

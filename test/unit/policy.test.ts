@@ -1,0 +1,52 @@
+import { describe, expect, it } from "vitest";
+import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
+import { ApiError, Status } from "../../src/keys/errors.js";
+import { DEFAULT_POLICY, formatPolicy, parsePolicy, requireMayChange, requireRole } from "../../src/keys/policy.js";
+
+describe("role policy", () => {
+  it("parses the contract's default", () => {
+    expect(parsePolicy(DEFAULT_POLICY)).toEqual({
+      create: Role.MEMBER,
+      view_all: Role.ADMIN,
+      revoke_any: Role.ADMIN,
+      revoke_own: Role.MEMBER,
+    });
+  });
+
+  it("parses Petra's, Keystroke's and Traversal's settings", () => {
+    expect(formatPolicy(parsePolicy("create=admin,view_all=member,revoke_any=admin,revoke_own=admin"))).toBe(
+      "create=admin,view_all=member,revoke_any=admin,revoke_own=admin",
+    );
+    expect(parsePolicy("create=builder").create).toBe(Role.MEMBER);
+  });
+
+  it("rejects unknown rules and roles with a message naming them", () => {
+    expect(() => parsePolicy("create=god")).toThrow(/unknown role "god"/);
+    expect(() => parsePolicy("delete=admin")).toThrow(/unknown rule "delete"/);
+  });
+
+  it("denies a role below the rule with PERMISSION_DENIED naming the rule", () => {
+    const policy = parsePolicy(DEFAULT_POLICY);
+    expect(() => requireRole(policy, "create", Role.MEMBER, "creating a key")).not.toThrow();
+    try {
+      requireRole(policy, "create", Role.VIEWER, "creating a key");
+      expect.unreachable();
+    } catch (err) {
+      expect(err).toBeInstanceOf(ApiError);
+      expect((err as ApiError).code).toBe(Status.PERMISSION_DENIED);
+      expect((err as ApiError).message).toContain("policy rule create");
+    }
+  });
+
+  it("lets members revoke their own keys but not others' (Keystroke)", () => {
+    const policy = parsePolicy("create=member,view_all=admin,revoke_any=admin,revoke_own=member");
+    expect(() => requireMayChange(policy, "u1", Role.MEMBER, "u1", "revoking")).not.toThrow();
+    expect(() => requireMayChange(policy, "u1", Role.MEMBER, "u2", "revoking")).toThrow(/revoke_any/);
+    expect(() => requireMayChange(policy, "u1", Role.ADMIN, "u2", "revoking")).not.toThrow();
+  });
+
+  it("lets only admins revoke, even their own (Petra)", () => {
+    const policy = parsePolicy("create=admin,view_all=member,revoke_any=admin,revoke_own=admin");
+    expect(() => requireMayChange(policy, "u1", Role.MEMBER, "u1", "revoking")).toThrow(/revoke_own/);
+  });
+});
