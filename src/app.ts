@@ -3,6 +3,7 @@
 import type * as http from "node:http";
 import type * as grpc from "@grpc/grpc-js";
 import { LocalInvalidator } from "./broadcast/local-invalidator.js";
+import { RedisBroadcast } from "./broadcast/redis-broadcast.js";
 import type { Config } from "./config.js";
 import { SecretHasher } from "./keys/hashing.js";
 import type { Invalidator } from "./keys/invalidation.js";
@@ -11,6 +12,10 @@ import { LastUsedTracker } from "./keys/last-used.js";
 import { OrganizationService } from "./keys/organization-service.js";
 import { Verifier } from "./keys/verifier.js";
 import { VerifyCache } from "./keys/verify-cache.js";
+import { MemoryCreditLedger, MySqlCreditLedger } from "./limits/credit-ledger.js";
+import { MemoryUsageLimiter } from "./limits/memory-usage-limiter.js";
+import { RedisUsageLimiter } from "./limits/redis-usage-limiter.js";
+import type { ManagedUsageLimiter } from "./limits/usage-limiter.js";
 import { type Logger, createLogger } from "./logger.js";
 import { MemoryStore } from "./store/memory-store.js";
 import { MySqlStore } from "./store/mysql-store.js";
@@ -24,6 +29,8 @@ export interface AppOverrides {
   store?: Store;
   logger?: Logger;
   now?: () => number;
+  /** Test seam, see RedisBroadcastOptions.deliveryDelayMs. */
+  broadcastDeliveryDelayMs?: number;
 }
 
 export interface App {
@@ -34,12 +41,16 @@ export interface App {
   readonly organizations: OrganizationService;
   readonly verifier: Verifier;
   readonly cache: VerifyCache | null;
+  /** The Redis broadcast (null in dev mode, where one process needs none). */
+  readonly broadcast: RedisBroadcast | null;
   readonly lastUsed: LastUsedTracker;
+  /** Rate limits and credits: in Redis (credits saved to MySQL), in memory in dev mode. */
+  readonly limiter: ManagedUsageLimiter;
   readonly grpcServer: grpc.Server;
   readonly httpServer: http.Server;
   /** Binds both ports (0 = any free port) and starts background work. */
   start(): Promise<{ grpcPort: number; httpPort: number }>;
-  /** Stops accepting, drains in-flight calls, flushes last-used times, closes the store. */
+  /** Stops accepting, drains in-flight calls, flushes last-used times and consumed credits, closes the store. */
   stop(): Promise<void>;
 }
 
@@ -59,13 +70,32 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     config.cacheMaxEntries > 0
       ? new VerifyCache({ maxEntries: config.cacheMaxEntries, ttlMs: config.cacheTtlMs, negativeTtlMs: config.negativeCacheTtlMs })
       : null;
-  const invalidator: Invalidator = new LocalInvalidator(cache);
+  const broadcast = config.dev
+    ? null
+    : new RedisBroadcast({
+        redisUrl: config.redisUrl,
+        cache,
+        logger,
+        leaseMs: config.cacheLeaseMs,
+        now,
+        deliveryDelayMs: overrides.broadcastDeliveryDelayMs,
+      });
+  const invalidator: Invalidator = broadcast ?? new LocalInvalidator(cache);
   const lastUsed = new LastUsedTracker(store, config.lastUsedFlushMs, (err) =>
     logger.warn({ err: String(err) }, "writing last-used times failed; will retry"),
   );
   const keys = new KeyService({ store, hasher, policy: config.policy, invalidator, defaultPrefix: config.defaultPrefix, now });
   const organizations = new OrganizationService({ store, policy: config.policy, invalidator, now });
-  const verifier = new Verifier({ store, hasher, cache, lastUsed, now });
+  // The credit ledger lives beside the store: in MySQL, or in memory when the store is.
+  const limiter: ManagedUsageLimiter = config.dev
+    ? new MemoryUsageLimiter()
+    : new RedisUsageLimiter({
+        redisUrl: config.redisUrl,
+        ledger: store instanceof MySqlStore ? MySqlCreditLedger.open(config.mysqlUrl) : new MemoryCreditLedger(),
+        flushIntervalMs: config.creditFlushMs,
+        logger,
+      });
+  const verifier = new Verifier({ store, hasher, cache, lastUsed, limiter, now });
 
   const auth = new CallerAuth(config.callers, config.allowUnauthenticated);
   const bindings = [apiKeyBinding(keys, verifier), organizationBinding(organizations)];
@@ -100,10 +130,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     organizations,
     verifier,
     cache,
+    broadcast,
     lastUsed,
+    limiter,
     grpcServer,
     httpServer,
     async start() {
+      await broadcast?.start();
+      await limiter.start();
       const grpcPort = await listenGrpc(grpcServer, config.host, config.grpcPort);
       const httpPort = await listenHttp(httpServer, config.host, config.httpPort);
       lastUsed.start();
@@ -130,6 +164,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
           }),
         ]);
         await lastUsed.stop();
+        await limiter.stop();
+        await broadcast?.stop();
         await store.close();
       })();
       return stopped;

@@ -20,7 +20,11 @@ export interface Config {
   cacheMaxEntries: number;
   cacheTtlMs: number;
   negativeCacheTtlMs: number;
+  /** How long a cache stays trusted without hearing back from Redis (see src/broadcast/redis-broadcast.ts). */
+  cacheLeaseMs: number;
   lastUsedFlushMs: number;
+  /** How often consumed credits are copied from Redis to MySQL (see src/limits/redis-usage-limiter.ts). */
+  creditFlushMs: number;
   maxMessageBytes: number;
   shutdownGraceMs: number;
   logLevel: string;
@@ -107,7 +111,9 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     cacheMaxEntries: int(env, "CACHE_MAX_ENTRIES", 100_000, 0, 10_000_000),
     cacheTtlMs: int(env, "CACHE_TTL_SECONDS", 300, 1, 86_400) * 1000,
     negativeCacheTtlMs: int(env, "NEGATIVE_CACHE_TTL_SECONDS", 30, 1, 3600) * 1000,
+    cacheLeaseMs: int(env, "CACHE_LEASE_MS", 1500, 100, 60_000),
     lastUsedFlushMs: int(env, "LAST_USED_FLUSH_SECONDS", 5, 1, 3600) * 1000,
+    creditFlushMs: int(env, "CREDIT_FLUSH_SECONDS", 5, 1, 3600) * 1000,
     maxMessageBytes: int(env, "MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
     shutdownGraceMs: int(env, "SHUTDOWN_GRACE_SECONDS", 10, 0, 600) * 1000,
     logLevel: env.LOG_LEVEL || "info",

@@ -53,6 +53,11 @@ export interface RedisBroadcastOptions {
   /** Allowance for clock skew between instances and delivery delay. */
   marginMs?: number;
   now?: () => number;
+  /**
+   * Test seam: handle every received message this much later, in order —
+   * an instance that is slow to read its subscription, pings included.
+   */
+  deliveryDelayMs?: number;
 }
 
 export class BroadcastStats {
@@ -75,6 +80,8 @@ export class RedisBroadcast implements Invalidator {
   private readonly pingIntervalMs: number;
   private readonly marginMs: number;
   private readonly now: () => number;
+  /** Test seam (see the option); may be changed while running. */
+  deliveryDelayMs: number;
   private readonly pending = new Map<string, { needed: number; got: number; done: () => void }>();
   private seq = 0;
   private pingTimer: NodeJS.Timeout | null = null;
@@ -87,6 +94,7 @@ export class RedisBroadcast implements Invalidator {
     this.pingIntervalMs = options.pingIntervalMs ?? 250;
     this.marginMs = options.marginMs ?? 500;
     this.now = options.now ?? Date.now;
+    this.deliveryDelayMs = options.deliveryDelayMs ?? 0;
     const common = {
       connectTimeout: 1000,
       lazyConnect: true,
@@ -97,7 +105,11 @@ export class RedisBroadcast implements Invalidator {
     this.sub = new Redis(options.redisUrl, { ...common, autoResubscribe: true });
     // Until the first ping comes back this instance cannot know what it missed.
     this.cache?.distrust();
-    this.sub.on("message", (channel: string, message: string) => this.onMessage(channel, message));
+    this.sub.on("message", (channel: string, message: string) => {
+      // Equal delays fire in creation order, so a delayed stream stays in order.
+      if (this.deliveryDelayMs > 0) setTimeout(() => this.onMessage(channel, message), this.deliveryDelayMs);
+      else this.onMessage(channel, message);
+    });
     this.sub.on("ready", () => this.onSubscriberReady());
     this.sub.on("close", () => this.onSubscriberLost());
     this.sub.on("error", (err: Error) => this.logger.debug({ err: err.message }, "redis subscriber error"));

@@ -9,6 +9,7 @@ import {
   VerifyKeyResponseSchema,
   VerifyCode,
 } from "../../gen/apikeys/v1/apikeys_pb.js";
+import type { UsageLimiter, UsageOutcome } from "../limits/usage-limiter.js";
 import type { Store } from "../store/store.js";
 import { ApiError, invalidArgument, unavailable } from "./errors.js";
 import type { SecretHasher } from "./hashing.js";
@@ -23,6 +24,8 @@ export interface VerifierOptions {
   /** Null disables caching (every call asks the store). */
   cache: VerifyCache | null;
   lastUsed: LastUsedTracker;
+  /** Enforces Limits; null when no key may have limits (e.g. unit tests). */
+  limiter: UsageLimiter | null;
   now?: () => number;
 }
 
@@ -39,6 +42,7 @@ export class Verifier {
   private readonly hasher: SecretHasher;
   private readonly cache: VerifyCache | null;
   private readonly lastUsed: LastUsedTracker;
+  private readonly limiter: UsageLimiter | null;
   private readonly now: () => number;
   readonly stats = new VerifyStats();
 
@@ -47,6 +51,7 @@ export class Verifier {
     this.hasher = options.hasher;
     this.cache = options.cache;
     this.lastUsed = options.lastUsed;
+    this.limiter = options.limiter;
     this.now = options.now ?? Date.now;
   }
 
@@ -91,13 +96,27 @@ export class Verifier {
     return this.answer(value, req);
   }
 
-  private answer(entry: CacheValue, req: VerifyKeyRequest): VerifyKeyResponse {
+  private answer(entry: CacheValue, req: VerifyKeyRequest): VerifyKeyResponse | Promise<VerifyKeyResponse> {
     if (entry === UNKNOWN) {
       this.stats.byCode[VerifyCode.NOT_FOUND]++;
       return NOT_FOUND;
     }
     const now = this.now();
     const code = this.decide(entry, req, now);
+    const key = entry.record.key;
+    // Usage limits apply only to keys that are otherwise valid, and cost keys without limits nothing.
+    if (code === VerifyCode.VALID && key.limits !== null && this.limiter !== null) {
+      return this.limiter.consume(key as typeof key & { limits: NonNullable<typeof key.limits> }, req.cost, now).then(
+        (usage) => this.respond(entry, usage.verdict === "ok" ? VerifyCode.VALID : usage.verdict === "rate_limited" ? VerifyCode.RATE_LIMITED : VerifyCode.USAGE_EXCEEDED, now, usage),
+        (err) => {
+          throw err instanceof ApiError ? err : unavailable("redis", err);
+        },
+      );
+    }
+    return this.respond(entry, code, now, undefined);
+  }
+
+  private respond(entry: VerifyEntry, code: VerifyCode, now: number, usage: UsageOutcome | undefined): VerifyKeyResponse {
     this.stats.byCode[code]++;
     if (code === VerifyCode.VALID) this.lastUsed.touch(entry.record.key.id, now);
     let apiKey = entry.apiKey;
@@ -109,6 +128,8 @@ export class Verifier {
       code,
       key: apiKey,
       principal: entry.principal,
+      remainingCredits: usage?.remainingCredits,
+      rateLimit: usage?.rateLimit,
     });
   }
 

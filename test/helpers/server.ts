@@ -35,6 +35,8 @@ export interface StartOptions {
   now?: () => number;
   /** Share an existing database (several instances); it is not dropped by stop(). */
   databaseUrl?: string;
+  /** Make this instance slow to read its Redis subscription (see RedisBroadcastOptions). */
+  broadcastDeliveryDelayMs?: number;
 }
 
 export async function startServer(options: StartOptions = {}): Promise<TestServer> {
@@ -52,7 +54,11 @@ export async function startServer(options: StartOptions = {}): Promise<TestServe
     },
     { dev: false },
   );
-  const app = await buildApp(config, { store: options.store, now: options.now });
+  const app = await buildApp(config, {
+    store: options.store,
+    now: options.now,
+    broadcastDeliveryDelayMs: options.broadcastDeliveryDelayMs,
+  });
   const { grpcPort, httpPort } = await app.start();
   const baseUrl = `http://127.0.0.1:${httpPort}`;
   const token = options.env?.TEST_CALLER_TOKEN;
