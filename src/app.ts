@@ -21,7 +21,7 @@ import { MemoryStore } from "./store/memory-store.js";
 import { MySqlStore } from "./store/mysql-store.js";
 import type { Store } from "./store/store.js";
 import { CallerAuth } from "./transport/auth.js";
-import { apiKeyBinding, organizationBinding } from "./transport/bindings.js";
+import { type CallObserver, NO_OBSERVER, apiKeyBinding, organizationBinding } from "./transport/bindings.js";
 import { addBinding, createGrpcServer, listenGrpc } from "./transport/grpc-server.js";
 import { type HttpEndpoint, createHttpServer, listenHttp } from "./transport/http-server.js";
 
@@ -100,9 +100,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const auth = new CallerAuth(config.callers, config.allowUnauthenticated);
   const bindings = [apiKeyBinding(keys, verifier), organizationBinding(organizations)];
   const onInternal = (err: unknown, method: string) => logger.error({ err, method }, "internal error");
+  const observer: CallObserver = NO_OBSERVER;
 
   const grpcServer = createGrpcServer({ maxMessageBytes: config.maxMessageBytes });
-  for (const binding of bindings) addBinding(grpcServer, binding, auth, onInternal);
+  for (const binding of bindings) addBinding(grpcServer, binding, auth, onInternal, observer);
 
   const endpoints: HttpEndpoint[] = [
     (req, res) => {
@@ -119,7 +120,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       return true;
     },
   ];
-  const httpServer = createHttpServer({ bindings, auth, onInternal, endpoints, maxMessageBytes: config.maxMessageBytes });
+  const httpServer = createHttpServer({
+    bindings,
+    auth,
+    onInternal,
+    endpoints,
+    maxMessageBytes: config.maxMessageBytes,
+    observer,
+  });
 
   let stopped: Promise<void> | null = null;
   return {

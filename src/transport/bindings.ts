@@ -18,6 +18,17 @@ export type Handler<I extends DescMessage, O extends DescMessage> = (
 
 export type Handlers<S extends GenServiceMethods> = { [M in keyof S]: Handler<S[M]["input"], S[M]["output"]> };
 
+/**
+ * Told about every finished call on either port, for metrics and logs. It
+ * runs on the hot path: implementations must be cheap and must not throw.
+ */
+export interface CallObserver {
+  /** `code` is the gRPC status code (0 = OK); `startedAt` is a performance.now() reading. */
+  finished(path: string, code: number, startedAt: number, caller: string, protocol: "grpc" | "connect"): void;
+}
+
+export const NO_OBSERVER: CallObserver = { finished() {} };
+
 export interface ServiceBinding<S extends GenServiceMethods = GenServiceMethods> {
   service: GenService<S>;
   handlers: Handlers<S>;

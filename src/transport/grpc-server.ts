@@ -5,7 +5,7 @@ import { type DescMessage, type DescService, fromBinary, toBinary } from "@bufbu
 import * as grpc from "@grpc/grpc-js";
 import { invalidArgument } from "../keys/errors.js";
 import type { CallerAuth } from "./auth.js";
-import type { ServiceBinding } from "./bindings.js";
+import type { CallObserver, ServiceBinding } from "./bindings.js";
 import { type InternalErrorSink, toGrpcError } from "./errors.js";
 
 /** Marks a request that could not be decoded, so the handler can answer INVALID_ARGUMENT. */
@@ -58,31 +58,45 @@ export function serviceDefinition(service: DescService): Record<string, grpc.Met
   return definition;
 }
 
-export function addBinding(server: grpc.Server, binding: ServiceBinding, auth: CallerAuth, onInternal: InternalErrorSink): void {
+export function addBinding(
+  server: grpc.Server,
+  binding: ServiceBinding,
+  auth: CallerAuth,
+  onInternal: InternalErrorSink,
+  observer: CallObserver,
+): void {
   const definition = serviceDefinition(binding.service);
   const implementation: grpc.UntypedServiceImplementation = {};
   for (const method of binding.service.methods) {
     const path = definition[method.localName].path;
     const handler = binding.handlers[method.localName] as (req: unknown, call: unknown) => unknown;
     const access = binding.access(method.localName);
-    const fail = (callback: grpc.sendUnaryData<unknown>, err: unknown) => callback(toGrpcError(err, path, onInternal));
     implementation[method.localName] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      const startedAt = performance.now();
+      let callerName = "";
+      const fail = (err: unknown) => {
+        const status = toGrpcError(err, path, onInternal);
+        observer.finished(path, status.code as number, startedAt, callerName, "grpc");
+        callback(status);
+      };
       let result: unknown;
       try {
         if (call.request === UNDECODABLE) throw invalidArgument("request", "is not a valid protobuf message");
         const header = call.metadata.get("authorization");
         const caller = auth.authorize(header.length > 0 ? String(header[0]) : undefined, access);
+        callerName = caller.name;
         result = handler(call.request, caller.context);
       } catch (err) {
-        fail(callback, err);
+        fail(err);
         return;
       }
       if (result instanceof Promise) {
-        result.then(
-          (res) => callback(null, res),
-          (err) => fail(callback, err),
-        );
+        result.then((res) => {
+          observer.finished(path, 0, startedAt, callerName, "grpc");
+          callback(null, res);
+        }, fail);
       } else {
+        observer.finished(path, 0, startedAt, callerName, "grpc");
         callback(null, result);
       }
     };

@@ -4,7 +4,7 @@ import * as http from "node:http";
 import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { CallerAuth } from "./auth.js";
-import type { ServiceBinding } from "./bindings.js";
+import type { CallObserver, ServiceBinding } from "./bindings.js";
 import { type InternalErrorSink, toConnectError } from "./errors.js";
 
 /** A plain HTTP endpoint: answers and returns true, or returns false to pass. */
@@ -16,9 +16,10 @@ export interface HttpServerOptions {
   onInternal: InternalErrorSink;
   endpoints: HttpEndpoint[];
   maxMessageBytes: number;
+  observer: CallObserver;
 }
 
-function routes(bindings: ServiceBinding[], auth: CallerAuth, onInternal: InternalErrorSink) {
+function routes(bindings: ServiceBinding[], auth: CallerAuth, onInternal: InternalErrorSink, observer: CallObserver) {
   return (router: ConnectRouter) => {
     for (const binding of bindings) {
       const impl: Record<string, (req: unknown, ctx: HandlerContext) => Promise<unknown>> = {};
@@ -27,11 +28,18 @@ function routes(bindings: ServiceBinding[], auth: CallerAuth, onInternal: Intern
         const access = binding.access(method.localName);
         const path = `/${binding.service.typeName}/${method.name}`;
         impl[method.localName] = async (req, ctx) => {
+          const startedAt = performance.now();
+          let callerName = "";
           try {
             const caller = auth.authorize(ctx.requestHeader.get("authorization") ?? undefined, access);
-            return await handler(req, caller.context);
+            callerName = caller.name;
+            const res = await handler(req, caller.context);
+            observer.finished(path, 0, startedAt, callerName, "connect");
+            return res;
           } catch (err) {
-            throw toConnectError(err, path, onInternal);
+            const error = toConnectError(err, path, onInternal);
+            observer.finished(path, error.code, startedAt, callerName, "connect");
+            throw error;
           }
         };
       }
@@ -42,7 +50,7 @@ function routes(bindings: ServiceBinding[], auth: CallerAuth, onInternal: Intern
 
 export function createHttpServer(options: HttpServerOptions): http.Server {
   const connect = connectNodeAdapter({
-    routes: routes(options.bindings, options.auth, options.onInternal),
+    routes: routes(options.bindings, options.auth, options.onInternal, options.observer),
     readMaxBytes: options.maxMessageBytes,
     fallback: (req, res) => {
       for (const endpoint of options.endpoints) if (endpoint(req as http.IncomingMessage, res as http.ServerResponse)) return;
