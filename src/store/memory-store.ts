@@ -1,0 +1,273 @@
+// The in-memory store, for dev mode and fast tests. It behaves exactly like
+// the MySQL store (both pass test/contract/store-contract.ts). Each method runs
+// without awaiting, so it is atomic like a transaction. Records are copied on
+// the way in and out: callers never hold the store's own objects.
+import type { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
+import type {
+  AuditRecord,
+  KeyRecord,
+  LimitsRecord,
+  MemberRecord,
+  OrganizationRecord,
+  VerifyRecord,
+} from "../keys/records.js";
+import type { ChangedKeys, KeyPatch, ListKeysQuery, NewKey, Page, Rotation, Store } from "./store.js";
+
+/** The revoke reason of keys revoked because their creator left the organization. */
+const MEMBER_REMOVED_REASON = "member removed";
+
+interface StoredKey {
+  seq: number;
+  record: KeyRecord;
+}
+
+interface StoredSecret {
+  keyId: string;
+  expireTime: number | null;
+}
+
+export class MemoryStore implements Store {
+  private readonly organizations = new Map<string, OrganizationRecord>();
+  /** By pairKey(organization, user). */
+  private readonly members = new Map<string, MemberRecord>();
+  /** By id. */
+  private readonly keys = new Map<string, StoredKey>();
+  /** Oldest first; seq only grows, so this is also seq order. */
+  private readonly keyLog: StoredKey[] = [];
+  /** Key id by pairKey(organization, request id). */
+  private readonly requests = new Map<string, string>();
+  /** By hash, hex. */
+  private readonly secrets = new Map<string, StoredSecret>();
+  /** Oldest first. */
+  private readonly audit: { seq: number; record: AuditRecord }[] = [];
+  private nextSeq = 1;
+
+  async migrate(): Promise<void> {}
+
+  async ping(): Promise<void> {}
+
+  async close(): Promise<void> {}
+
+  async createKey(input: NewKey): Promise<{ key: KeyRecord; created: boolean }> {
+    const { key } = input;
+    const requestKey = input.requestId === "" ? null : pairKey(key.organizationId, input.requestId);
+    if (requestKey !== null) {
+      const existing = this.requests.get(requestKey);
+      if (existing !== undefined) return { key: copy(this.keys.get(existing)!.record), created: false };
+    }
+    const hash = input.hash.toString("hex");
+    if (this.keys.has(key.id)) throw new Error(`duplicate key id ${key.id}`);
+    if (this.secrets.has(hash)) throw new Error("duplicate secret hash");
+
+    const stored: StoredKey = { seq: this.nextSeq++, record: { ...copy(key), limits: normalizeLimits(key.limits) } };
+    this.keys.set(key.id, stored);
+    this.keyLog.push(stored);
+    if (requestKey !== null) this.requests.set(requestKey, key.id);
+    this.secrets.set(hash, { keyId: key.id, expireTime: null });
+    if (!this.organizations.has(key.organizationId)) {
+      this.organizations.set(key.organizationId, { id: key.organizationId, apiAccessEnabled: true, updateTime: key.createTime });
+    }
+    this.upsertMember(key.organizationId, key.createdBy, input.creatorRole, key.createTime);
+    this.addAudit(input.audit);
+    return { key: copy(stored.record), created: true };
+  }
+
+  async getKey(organizationId: string, keyId: string): Promise<KeyRecord | null> {
+    const key = this.find(organizationId, keyId);
+    return key === null ? null : copy(key);
+  }
+
+  async listKeys(query: ListKeysQuery): Promise<Page<KeyRecord>> {
+    const after = query.after === null ? null : Number(query.after);
+    const rows: StoredKey[] = [];
+    for (let i = this.keyLog.length - 1; i >= 0 && rows.length <= query.limit; i--) {
+      const { seq, record: k } = this.keyLog[i];
+      if (after !== null && seq >= after) continue;
+      if (k.organizationId !== query.organizationId) continue;
+      if (query.projectId !== "" && k.projectId !== query.projectId) continue;
+      if (query.createdBy !== "" && k.createdBy !== query.createdBy) continue;
+      if (!query.showRevoked && k.revokeTime !== null) continue;
+      rows.push(this.keyLog[i]);
+    }
+    return pageOf(rows, query.limit);
+  }
+
+  async findByHash(hash: Buffer): Promise<VerifyRecord | null> {
+    const secret = this.secrets.get(hash.toString("hex"));
+    if (secret === undefined) return null;
+    const key = this.keys.get(secret.keyId)!.record;
+    return {
+      key: copy(key),
+      secretExpireTime: secret.expireTime,
+      memberRole: this.members.get(pairKey(key.organizationId, key.createdBy))?.role ?? null,
+      // No organization record: nobody has switched it off.
+      orgEnabled: this.organizations.get(key.organizationId)?.apiAccessEnabled ?? true,
+    };
+  }
+
+  async updateKey(organizationId: string, keyId: string, patch: KeyPatch, now: number, audit: AuditRecord): Promise<KeyRecord | null> {
+    const key = this.find(organizationId, keyId);
+    if (key === null) return null;
+    if (patch.name !== undefined) key.name = patch.name;
+    if (patch.scopes !== undefined) key.scopes = [...patch.scopes];
+    if (patch.expireTime !== undefined) key.expireTime = patch.expireTime;
+    if (patch.metadata !== undefined) key.metadata = { ...patch.metadata };
+    if (patch.limits !== undefined) key.limits = normalizeLimits(patch.limits);
+    key.updateTime = now;
+    this.addAudit(audit);
+    return copy(key);
+  }
+
+  async rotateKey(organizationId: string, keyId: string, rotation: Rotation, now: number, audit: AuditRecord): Promise<KeyRecord | null> {
+    const key = this.find(organizationId, keyId);
+    if (key === null) return null;
+    const graceEnd = rotation.oldSecretExpireTime;
+    for (const [hash, secret] of this.secrets) {
+      if (secret.keyId !== keyId) continue;
+      secret.expireTime = Math.min(secret.expireTime ?? graceEnd, graceEnd);
+      // Secrets whose grace is over are deleted rather than kept expired, as in MySQL.
+      if (secret.expireTime <= now) this.secrets.delete(hash);
+    }
+    this.secrets.set(rotation.newHash.toString("hex"), { keyId, expireTime: null });
+    key.preview = rotation.newPreview;
+    key.rotateTime = now;
+    key.previousSecretExpireTime = graceEnd <= now ? null : graceEnd;
+    key.updateTime = now;
+    this.addAudit(audit);
+    return copy(key);
+  }
+
+  async revokeKey(
+    organizationId: string,
+    keyId: string,
+    revokedBy: string,
+    reason: string,
+    now: number,
+    audit: AuditRecord,
+  ): Promise<{ key: KeyRecord; changed: boolean } | null> {
+    const key = this.find(organizationId, keyId);
+    if (key === null) return null;
+    if (key.revokeTime !== null) return { key: copy(key), changed: false };
+    revoke(key, revokedBy, reason, now);
+    this.addAudit(audit);
+    return { key: copy(key), changed: true };
+  }
+
+  async revokeKeysCreatedBy(
+    organizationId: string,
+    createdBy: string,
+    revokedBy: string,
+    reason: string,
+    now: number,
+    audit: AuditRecord,
+  ): Promise<ChangedKeys> {
+    const changed = this.revokeCreatedBy(organizationId, createdBy, revokedBy, reason, now);
+    this.addAudit(audit);
+    return changed;
+  }
+
+  async setMemberRole(organizationId: string, userId: string, role: Role, now: number, audit: AuditRecord): Promise<MemberRecord> {
+    const member = this.upsertMember(organizationId, userId, role, now);
+    this.addAudit(audit);
+    return { ...member };
+  }
+
+  async removeMember(
+    organizationId: string,
+    userId: string,
+    revokeKeys: boolean,
+    now: number,
+    audit: AuditRecord,
+  ): Promise<ChangedKeys> {
+    this.members.delete(pairKey(organizationId, userId));
+    const changed = revokeKeys
+      ? this.revokeCreatedBy(organizationId, userId, audit.actorUserId, MEMBER_REMOVED_REASON, now)
+      : { keyIds: [] };
+    this.addAudit(audit);
+    return changed;
+  }
+
+  async setApiAccess(organizationId: string, enabled: boolean, now: number, audit: AuditRecord): Promise<OrganizationRecord> {
+    const org = { id: organizationId, apiAccessEnabled: enabled, updateTime: now };
+    this.organizations.set(organizationId, org);
+    this.addAudit(audit);
+    return { ...org };
+  }
+
+  async listAuditEvents(organizationId: string, after: string | null, limit: number): Promise<Page<AuditRecord>> {
+    const before = after === null ? null : Number(after);
+    const rows: { seq: number; record: AuditRecord }[] = [];
+    for (let i = this.audit.length - 1; i >= 0 && rows.length <= limit; i--) {
+      const event = this.audit[i];
+      if (before !== null && event.seq >= before) continue;
+      if (event.record.organizationId === organizationId) rows.push(event);
+    }
+    return pageOf(rows, limit);
+  }
+
+  async touchLastUsed(entries: ReadonlyMap<string, number>): Promise<void> {
+    for (const [keyId, time] of entries) {
+      const key = this.keys.get(keyId)?.record;
+      if (key !== undefined && (key.lastUsedTime === null || key.lastUsedTime < time)) key.lastUsedTime = time;
+    }
+  }
+
+  /** The stored record itself (not a copy), or null when not in this organization. */
+  private find(organizationId: string, keyId: string): KeyRecord | null {
+    const key = this.keys.get(keyId)?.record;
+    return key !== undefined && key.organizationId === organizationId ? key : null;
+  }
+
+  private upsertMember(organizationId: string, userId: string, role: Role, now: number): MemberRecord {
+    const member = { organizationId, userId, role, updateTime: now };
+    this.members.set(pairKey(organizationId, userId), member);
+    return member;
+  }
+
+  private revokeCreatedBy(organizationId: string, createdBy: string, revokedBy: string, reason: string, now: number): ChangedKeys {
+    const keyIds: string[] = [];
+    for (const { record: key } of this.keyLog) {
+      if (key.organizationId === organizationId && key.createdBy === createdBy && key.revokeTime === null) {
+        revoke(key, revokedBy, reason, now);
+        keyIds.push(key.id);
+      }
+    }
+    return { keyIds };
+  }
+
+  private addAudit(record: AuditRecord): void {
+    this.audit.push({ seq: this.nextSeq++, record: copy(record) });
+  }
+}
+
+function revoke(key: KeyRecord, revokedBy: string, reason: string, now: number): void {
+  key.revokeTime = now;
+  key.revokedBy = revokedBy;
+  key.revokeReason = reason;
+  key.updateTime = now;
+}
+
+/** One map key from two ids (JSON keeps any pair of strings apart). */
+function pairKey(a: string, b: string): string {
+  return JSON.stringify([a, b]);
+}
+
+/** No limits, or all of them 0 (unlimited), are the same: null. */
+function normalizeLimits(limits: LimitsRecord | null): LimitsRecord | null {
+  if (limits === null) return null;
+  if (limits.requestsPerMinute === 0 && limits.requestsPerDay === 0 && limits.monthlyCredits === 0) return null;
+  return { ...limits };
+}
+
+/** A page from up to limit+1 rows, newest first: the extra row only says that there is more. */
+function pageOf<T>(rows: { seq: number; record: T }[], limit: number): Page<T> {
+  const items = rows.slice(0, limit);
+  return {
+    items: items.map((r) => copy(r.record)),
+    next: rows.length > limit && items.length > 0 ? String(items[items.length - 1].seq) : null,
+  };
+}
+
+function copy<T>(value: T): T {
+  return structuredClone(value);
+}

@@ -1,0 +1,588 @@
+// The MySQL/MariaDB store. All SQL of the service lives here and in the
+// migrations. Times are DATETIME(3) holding UTC; the pool's timezone "Z" makes
+// mysql2 read and write them as UTC, so epoch milliseconds survive exactly.
+import mysql from "mysql2/promise";
+import type { Pool, PoolConnection, ResultSetHeader, RowDataPacket } from "mysql2/promise";
+import type { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
+import { unavailable } from "../keys/errors.js";
+import type {
+  AuditRecord,
+  KeyRecord,
+  LimitsRecord,
+  MemberRecord,
+  OrganizationRecord,
+  VerifyRecord,
+} from "../keys/records.js";
+import { runMigrations } from "./migrate.js";
+import type { ChangedKeys, KeyPatch, ListKeysQuery, NewKey, Page, Rotation, Store } from "./store.js";
+
+/** A dead database must fail a call quickly, not hang it. */
+const CONNECT_TIMEOUT_MS = 2000;
+/** InnoDB may pick a transaction as a deadlock victim; it was rolled back whole, so it can simply run again. */
+const TRANSACTION_ATTEMPTS = 3;
+/** The revoke reason of keys revoked because their creator left the organization. */
+const MEMBER_REMOVED_REASON = "member removed";
+
+/**
+ * Errors that say the database cannot be reached or cannot answer right now,
+ * rather than that the request was wrong. mysql2 also flags every error that
+ * broke a connection as fatal.
+ */
+const UNAVAILABLE_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EPIPE",
+  "PROTOCOL_CONNECTION_LOST",
+  "PROTOCOL_SEQUENCE_TIMEOUT",
+  "ER_CON_COUNT_ERROR",
+  "ER_SERVER_SHUTDOWN",
+  "ER_LOCK_WAIT_TIMEOUT",
+  "ER_LOCK_DEADLOCK",
+  "ER_QUERY_INTERRUPTED",
+]);
+
+const KEY_COLUMNS = `k.seq, k.id, k.organization_id, k.project_id, k.name, k.prefix, k.preview, k.scopes,
+  k.created_by, k.create_time, k.update_time, k.expire_time, k.last_used_time, k.revoke_time, k.revoked_by,
+  k.revoke_reason, k.rotate_time, k.previous_secret_expire_time, k.metadata, k.requests_per_minute,
+  k.requests_per_day, k.monthly_credits`;
+
+/**
+ * VerifyKey's one query: a primary-key lookup of the hash, joined by unique
+ * keys to the key, its creator's membership and the organization.
+ */
+export const FIND_BY_HASH_SQL = `SELECT ${KEY_COLUMNS}, s.expire_time AS secret_expire_time,
+  m.role AS member_role, o.api_access_enabled
+FROM key_secrets s
+JOIN api_keys k ON k.id = s.key_id
+LEFT JOIN members m ON m.organization_id = k.organization_id AND m.user_id = k.created_by
+LEFT JOIN organizations o ON o.id = k.organization_id
+WHERE s.hash = ?`;
+
+interface KeyRow extends RowDataPacket {
+  seq: string;
+  id: string;
+  organization_id: string;
+  project_id: string;
+  name: string;
+  prefix: string;
+  preview: string;
+  scopes: string;
+  created_by: string;
+  create_time: Date;
+  update_time: Date;
+  expire_time: Date | null;
+  last_used_time: Date | null;
+  revoke_time: Date | null;
+  revoked_by: string;
+  revoke_reason: string;
+  rotate_time: Date | null;
+  previous_secret_expire_time: Date | null;
+  metadata: string;
+  requests_per_minute: number | null;
+  requests_per_day: number | null;
+  /** BIGINT: a string, as the pool returns every big number. */
+  monthly_credits: string | null;
+}
+
+interface VerifyRow extends KeyRow {
+  secret_expire_time: Date | null;
+  member_role: number | null;
+  api_access_enabled: number | null;
+}
+
+interface AuditRow extends RowDataPacket {
+  seq: string;
+  id: string;
+  organization_id: string;
+  time: Date;
+  actor_user_id: string;
+  actor_role: number;
+  caller: string;
+  action: string;
+  key_id: string;
+  details: string;
+}
+
+/** What both the pool and a transaction's connection can run. */
+type Queryable = Pick<PoolConnection, "query">;
+
+export class MySqlStore implements Store {
+  private constructor(
+    private readonly pool: Pool,
+    private readonly url: string,
+  ) {}
+
+  /** Creates the connection pool (connections are opened on demand); does not migrate. */
+  static async open(url: string, options: { poolSize?: number } = {}): Promise<MySqlStore> {
+    const pool = mysql.createPool({
+      uri: url,
+      connectionLimit: options.poolSize ?? 10,
+      connectTimeout: CONNECT_TIMEOUT_MS,
+      timezone: "Z",
+      // The tables' collation: values compared with columns (also in derived tables) keep their indexes usable.
+      charset: "UTF8MB4_BIN",
+      supportBigNumbers: true,
+      bigNumberStrings: true,
+      // MySQL returns JSON columns parsed, MariaDB as text; this makes both text.
+      jsonStrings: true,
+    });
+    return new MySqlStore(pool, url);
+  }
+
+  migrate(): Promise<void> {
+    return guard(async () => {
+      await runMigrations(this.url, CONNECT_TIMEOUT_MS);
+    });
+  }
+
+  ping(): Promise<void> {
+    return guard(async () => {
+      await this.pool.query("SELECT 1");
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+
+  createKey(input: NewKey): Promise<{ key: KeyRecord; created: boolean }> {
+    const { key } = input;
+    const requestId = input.requestId === "" ? null : input.requestId;
+    return guard(async () => {
+      try {
+        const created = await this.transaction(async (conn) => {
+          // The key goes first: a concurrent retry of the same request waits
+          // on its unique (organization, request) entry and then fails with a
+          // duplicate before it has touched anything else.
+          await conn.query("INSERT INTO api_keys SET ?", [{ ...keyColumns(key), request_id: requestId }]);
+          await conn.query("INSERT INTO key_secrets (hash, key_id, expire_time) VALUES (?, ?, NULL)", [input.hash, key.id]);
+          await conn.query(
+            "INSERT INTO organizations (id, api_access_enabled, update_time) VALUES (?, TRUE, ?) ON DUPLICATE KEY UPDATE id = id",
+            [key.organizationId, toDate(key.createTime)],
+          );
+          await upsertMember(conn, key.organizationId, key.createdBy, input.creatorRole, key.createTime);
+          await insertAudit(conn, input.audit);
+          return selectKey(conn, key.organizationId, key.id);
+        });
+        return { key: created!, created: true };
+      } catch (err) {
+        if (requestId !== null && errorCode(err) === "ER_DUP_ENTRY") {
+          const [rows] = await this.pool.query<KeyRow[]>(
+            `SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.request_id = ?`,
+            [key.organizationId, requestId],
+          );
+          if (rows.length > 0) return { key: toKey(rows[0]), created: false };
+        }
+        throw err;
+      }
+    });
+  }
+
+  getKey(organizationId: string, keyId: string): Promise<KeyRecord | null> {
+    return guard(() => selectKey(this.pool, organizationId, keyId));
+  }
+
+  listKeys(query: ListKeysQuery): Promise<Page<KeyRecord>> {
+    const where = ["k.organization_id = ?"];
+    const params: unknown[] = [query.organizationId];
+    if (query.projectId !== "") {
+      where.push("k.project_id = ?");
+      params.push(query.projectId);
+    }
+    if (query.createdBy !== "") {
+      where.push("k.created_by = ?");
+      params.push(query.createdBy);
+    }
+    if (!query.showRevoked) where.push("k.revoke_time IS NULL");
+    if (query.after !== null) {
+      where.push("k.seq < ?");
+      params.push(BigInt(query.after));
+    }
+    params.push(query.limit + 1);
+    return guard(async () => {
+      const [rows] = await this.pool.query<KeyRow[]>(
+        `SELECT ${KEY_COLUMNS} FROM api_keys k WHERE ${where.join(" AND ")} ORDER BY k.seq DESC LIMIT ?`,
+        params,
+      );
+      return pageOf(rows, query.limit, toKey);
+    });
+  }
+
+  findByHash(hash: Buffer): Promise<VerifyRecord | null> {
+    return guard(async () => {
+      // A prepared statement: the hot path skips parsing on every call.
+      const [rows] = await this.pool.execute<VerifyRow[]>(FIND_BY_HASH_SQL, [hash]);
+      if (rows.length === 0) return null;
+      const row = rows[0];
+      return {
+        key: toKey(row),
+        secretExpireTime: toMs(row.secret_expire_time),
+        memberRole: row.member_role === null ? null : (row.member_role as Role),
+        // No organization row: nobody has switched it off.
+        orgEnabled: row.api_access_enabled !== 0,
+      };
+    });
+  }
+
+  updateKey(organizationId: string, keyId: string, patch: KeyPatch, now: number, audit: AuditRecord): Promise<KeyRecord | null> {
+    const columns: Record<string, unknown> = { update_time: toDate(now) };
+    if (patch.name !== undefined) columns.name = patch.name;
+    if (patch.scopes !== undefined) columns.scopes = JSON.stringify(patch.scopes);
+    if (patch.expireTime !== undefined) columns.expire_time = toDate(patch.expireTime);
+    if (patch.metadata !== undefined) columns.metadata = JSON.stringify(patch.metadata);
+    if (patch.limits !== undefined) Object.assign(columns, limitColumns(patch.limits));
+    return guard(() =>
+      this.transaction(async (conn) => {
+        const [res] = await conn.query<ResultSetHeader>("UPDATE api_keys SET ? WHERE organization_id = ? AND id = ?", [
+          columns,
+          organizationId,
+          keyId,
+        ]);
+        if (res.affectedRows === 0) return null;
+        await insertAudit(conn, audit);
+        return selectKey(conn, organizationId, keyId);
+      }),
+    );
+  }
+
+  rotateKey(organizationId: string, keyId: string, rotation: Rotation, now: number, audit: AuditRecord): Promise<KeyRecord | null> {
+    const graceEnd = rotation.oldSecretExpireTime;
+    const graceOver = graceEnd <= now;
+    return guard(() =>
+      this.transaction(async (conn) => {
+        // Lock the key row first, so concurrent rotations of one key queue here.
+        const [res] = await conn.query<ResultSetHeader>(
+          `UPDATE api_keys SET preview = ?, rotate_time = ?, previous_secret_expire_time = ?, update_time = ?
+           WHERE organization_id = ? AND id = ?`,
+          [rotation.newPreview, toDate(now), graceOver ? null : toDate(graceEnd), toDate(now), organizationId, keyId],
+        );
+        if (res.affectedRows === 0) return null;
+        // Secrets whose grace is over are deleted rather than kept expired, so a key holds only its live secrets.
+        if (graceOver) {
+          await conn.query("DELETE FROM key_secrets WHERE key_id = ?", [keyId]);
+        } else {
+          await conn.query("DELETE FROM key_secrets WHERE key_id = ? AND expire_time <= ?", [keyId, toDate(now)]);
+          await conn.query(
+            "UPDATE key_secrets SET expire_time = LEAST(COALESCE(expire_time, ?), ?) WHERE key_id = ?",
+            [toDate(graceEnd), toDate(graceEnd), keyId],
+          );
+        }
+        await conn.query("INSERT INTO key_secrets (hash, key_id, expire_time) VALUES (?, ?, NULL)", [rotation.newHash, keyId]);
+        await insertAudit(conn, audit);
+        return selectKey(conn, organizationId, keyId);
+      }),
+    );
+  }
+
+  revokeKey(
+    organizationId: string,
+    keyId: string,
+    revokedBy: string,
+    reason: string,
+    now: number,
+    audit: AuditRecord,
+  ): Promise<{ key: KeyRecord; changed: boolean } | null> {
+    return guard(() =>
+      this.transaction(async (conn) => {
+        const [rows] = await conn.query<KeyRow[]>(
+          `SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.id = ? FOR UPDATE`,
+          [organizationId, keyId],
+        );
+        if (rows.length === 0) return null;
+        if (rows[0].revoke_time !== null) return { key: toKey(rows[0]), changed: false };
+        await revokeSeqs(conn, [rows[0].seq], revokedBy, reason, now);
+        await insertAudit(conn, audit);
+        return { key: (await selectKey(conn, organizationId, keyId))!, changed: true };
+      }),
+    );
+  }
+
+  revokeKeysCreatedBy(
+    organizationId: string,
+    createdBy: string,
+    revokedBy: string,
+    reason: string,
+    now: number,
+    audit: AuditRecord,
+  ): Promise<ChangedKeys> {
+    return guard(() =>
+      this.transaction(async (conn) => {
+        const changed = await revokeCreatedBy(conn, organizationId, createdBy, revokedBy, reason, now);
+        await insertAudit(conn, audit);
+        return changed;
+      }),
+    );
+  }
+
+  setMemberRole(organizationId: string, userId: string, role: Role, now: number, audit: AuditRecord): Promise<MemberRecord> {
+    return guard(() =>
+      this.transaction(async (conn) => {
+        await upsertMember(conn, organizationId, userId, role, now);
+        await insertAudit(conn, audit);
+        return { organizationId, userId, role, updateTime: now };
+      }),
+    );
+  }
+
+  removeMember(organizationId: string, userId: string, revokeKeys: boolean, now: number, audit: AuditRecord): Promise<ChangedKeys> {
+    return guard(() =>
+      this.transaction(async (conn) => {
+        await conn.query("DELETE FROM members WHERE organization_id = ? AND user_id = ?", [organizationId, userId]);
+        const changed = revokeKeys
+          ? await revokeCreatedBy(conn, organizationId, userId, audit.actorUserId, MEMBER_REMOVED_REASON, now)
+          : { keyIds: [] };
+        await insertAudit(conn, audit);
+        return changed;
+      }),
+    );
+  }
+
+  setApiAccess(organizationId: string, enabled: boolean, now: number, audit: AuditRecord): Promise<OrganizationRecord> {
+    return guard(() =>
+      this.transaction(async (conn) => {
+        await conn.query(
+          `INSERT INTO organizations (id, api_access_enabled, update_time) VALUES (?, ?, ?)
+           ON DUPLICATE KEY UPDATE api_access_enabled = VALUES(api_access_enabled), update_time = VALUES(update_time)`,
+          [organizationId, enabled, toDate(now)],
+        );
+        await insertAudit(conn, audit);
+        return { id: organizationId, apiAccessEnabled: enabled, updateTime: now };
+      }),
+    );
+  }
+
+  listAuditEvents(organizationId: string, after: string | null, limit: number): Promise<Page<AuditRecord>> {
+    const params: unknown[] = [organizationId];
+    if (after !== null) params.push(BigInt(after));
+    params.push(limit + 1);
+    return guard(async () => {
+      const [rows] = await this.pool.query<AuditRow[]>(
+        `SELECT seq, id, organization_id, time, actor_user_id, actor_role, caller, action, key_id, details
+         FROM audit_events WHERE organization_id = ? ${after !== null ? "AND seq < ?" : ""}
+         ORDER BY seq DESC LIMIT ?`,
+        params,
+      );
+      return pageOf(rows, limit, toAudit);
+    });
+  }
+
+  touchLastUsed(entries: ReadonlyMap<string, number>): Promise<void> {
+    if (entries.size === 0) return Promise.resolve();
+    const rows: string[] = [];
+    const params: unknown[] = [];
+    for (const [keyId, time] of entries) {
+      rows.push(rows.length === 0 ? "SELECT ? AS id, CAST(? AS DATETIME(3)) AS t" : "SELECT ?, CAST(? AS DATETIME(3))");
+      params.push(keyId, toDate(time));
+    }
+    return guard(async () => {
+      await this.pool.query(
+        `UPDATE api_keys k JOIN (${rows.join(" UNION ALL ")}) v ON k.id = v.id
+         SET k.last_used_time = GREATEST(COALESCE(k.last_used_time, v.t), v.t)`,
+        params,
+      );
+    });
+  }
+
+  /**
+   * Runs work in one transaction on one connection, again if InnoDB chose it
+   * as a deadlock victim. A connection that cannot even roll back is broken
+   * and is dropped rather than returned to the pool.
+   */
+  private async transaction<T>(work: (conn: PoolConnection) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const conn = await this.pool.getConnection();
+      try {
+        await conn.beginTransaction();
+        const result = await work(conn);
+        await conn.commit();
+        conn.release();
+        return result;
+      } catch (err) {
+        const rolledBack = await conn.rollback().then(
+          () => true,
+          () => false,
+        );
+        if (rolledBack) conn.release();
+        else conn.destroy();
+        if (errorCode(err) !== "ER_LOCK_DEADLOCK" || attempt === TRANSACTION_ATTEMPTS) throw err;
+      }
+    }
+  }
+}
+
+/** Runs a store call, turning a failure to reach the database into UNAVAILABLE. */
+async function guard<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    if ((err as { fatal?: unknown })?.fatal === true || UNAVAILABLE_CODES.has(errorCode(err) ?? "")) {
+      throw unavailable("database", err);
+    }
+    throw err;
+  }
+}
+
+function errorCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown })?.code;
+  return typeof code === "string" ? code : undefined;
+}
+
+async function selectKey(db: Queryable, organizationId: string, keyId: string): Promise<KeyRecord | null> {
+  const [rows] = await db.query<KeyRow[]>(`SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.id = ?`, [
+    organizationId,
+    keyId,
+  ]);
+  return rows.length === 0 ? null : toKey(rows[0]);
+}
+
+async function upsertMember(conn: Queryable, organizationId: string, userId: string, role: Role, now: number): Promise<void> {
+  await conn.query(
+    `INSERT INTO members (organization_id, user_id, role, update_time) VALUES (?, ?, ?, ?)
+     ON DUPLICATE KEY UPDATE role = VALUES(role), update_time = VALUES(update_time)`,
+    [organizationId, userId, role, toDate(now)],
+  );
+}
+
+async function insertAudit(conn: Queryable, audit: AuditRecord): Promise<void> {
+  await conn.query("INSERT INTO audit_events SET ?", [
+    {
+      id: audit.id,
+      organization_id: audit.organizationId,
+      time: toDate(audit.time),
+      actor_user_id: audit.actorUserId,
+      actor_role: audit.actorRole,
+      caller: audit.caller,
+      action: audit.action,
+      key_id: audit.keyId,
+      details: JSON.stringify(audit.details),
+    },
+  ]);
+}
+
+/** Revokes the keys at these positions (rows the caller has locked). */
+async function revokeSeqs(conn: Queryable, seqs: string[], revokedBy: string, reason: string, now: number): Promise<void> {
+  await conn.query("UPDATE api_keys SET revoke_time = ?, revoked_by = ?, revoke_reason = ?, update_time = ? WHERE seq IN (?)", [
+    toDate(now),
+    revokedBy,
+    reason,
+    toDate(now),
+    seqs.map(BigInt),
+  ]);
+}
+
+async function revokeCreatedBy(
+  conn: Queryable,
+  organizationId: string,
+  createdBy: string,
+  revokedBy: string,
+  reason: string,
+  now: number,
+): Promise<ChangedKeys> {
+  const [rows] = await conn.query<RowDataPacket[]>(
+    "SELECT seq, id FROM api_keys WHERE organization_id = ? AND created_by = ? AND revoke_time IS NULL FOR UPDATE",
+    [organizationId, createdBy],
+  );
+  if (rows.length > 0) await revokeSeqs(conn, rows.map((r) => r.seq as string), revokedBy, reason, now);
+  return { keyIds: rows.map((r) => r.id as string) };
+}
+
+/** A page from limit+1 rows: the extra row only says that there is more. */
+function pageOf<R extends { seq: string }, T>(rows: R[], limit: number, map: (row: R) => T): Page<T> {
+  const items = rows.slice(0, limit);
+  return {
+    items: items.map(map),
+    next: rows.length > limit && items.length > 0 ? items[items.length - 1].seq : null,
+  };
+}
+
+function keyColumns(key: KeyRecord): Record<string, unknown> {
+  return {
+    id: key.id,
+    organization_id: key.organizationId,
+    project_id: key.projectId,
+    name: key.name,
+    prefix: key.prefix,
+    preview: key.preview,
+    scopes: JSON.stringify(key.scopes),
+    created_by: key.createdBy,
+    create_time: toDate(key.createTime),
+    update_time: toDate(key.updateTime),
+    expire_time: toDate(key.expireTime),
+    last_used_time: toDate(key.lastUsedTime),
+    revoke_time: toDate(key.revokeTime),
+    revoked_by: key.revokedBy,
+    revoke_reason: key.revokeReason,
+    rotate_time: toDate(key.rotateTime),
+    previous_secret_expire_time: toDate(key.previousSecretExpireTime),
+    metadata: JSON.stringify(key.metadata),
+    ...limitColumns(key.limits),
+  };
+}
+
+/** No limits, or all of them 0 (unlimited), are stored alike: three NULLs. */
+function limitColumns(limits: LimitsRecord | null): Record<string, number | null> {
+  const none = limits === null || (limits.requestsPerMinute === 0 && limits.requestsPerDay === 0 && limits.monthlyCredits === 0);
+  return {
+    requests_per_minute: none ? null : limits.requestsPerMinute,
+    requests_per_day: none ? null : limits.requestsPerDay,
+    monthly_credits: none ? null : limits.monthlyCredits,
+  };
+}
+
+function toKey(row: KeyRow): KeyRecord {
+  return {
+    id: row.id,
+    organizationId: row.organization_id,
+    projectId: row.project_id,
+    name: row.name,
+    prefix: row.prefix,
+    preview: row.preview,
+    scopes: JSON.parse(row.scopes) as string[],
+    createdBy: row.created_by,
+    createTime: row.create_time.getTime(),
+    updateTime: row.update_time.getTime(),
+    expireTime: toMs(row.expire_time),
+    lastUsedTime: toMs(row.last_used_time),
+    revokeTime: toMs(row.revoke_time),
+    revokedBy: row.revoked_by,
+    revokeReason: row.revoke_reason,
+    rotateTime: toMs(row.rotate_time),
+    previousSecretExpireTime: toMs(row.previous_secret_expire_time),
+    metadata: JSON.parse(row.metadata) as Record<string, string>,
+    limits:
+      row.requests_per_minute === null
+        ? null
+        : {
+            requestsPerMinute: row.requests_per_minute,
+            requestsPerDay: row.requests_per_day ?? 0,
+            monthlyCredits: Number(row.monthly_credits ?? 0),
+          },
+  };
+}
+
+function toAudit(row: AuditRow): AuditRecord {
+  return {
+    id: row.id,
+    organizationId: row.organization_id,
+    time: row.time.getTime(),
+    actorUserId: row.actor_user_id,
+    actorRole: row.actor_role as Role,
+    caller: row.caller,
+    action: row.action,
+    keyId: row.key_id,
+    details: JSON.parse(row.details) as Record<string, string>,
+  };
+}
+
+function toDate(ms: number | null): Date | null {
+  return ms === null ? null : new Date(ms);
+}
+
+function toMs(date: Date | null): number | null {
+  return date === null ? null : date.getTime();
+}

@@ -1,0 +1,660 @@
+// The behaviour every Store must have. MemoryStore and MySqlStore both run
+// this suite (test/unit/memory-store.test.ts, test/integration/mysql-store.test.ts).
+// One store serves the whole suite; each test works in organizations of its
+// own, so tests never see each other's rows.
+import { randomBytes } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
+import type { AuditRecord, KeyRecord } from "../../src/keys/records.js";
+import type { ListKeysQuery, NewKey, Store } from "../../src/store/store.js";
+
+/** Has milliseconds, so a store that drops them fails. */
+const T0 = Date.UTC(2030, 0, 15, 12, 0, 0, 123);
+const MINUTE = 60_000;
+
+function uid(prefix: string): string {
+  return `${prefix}_${randomBytes(8).toString("hex")}`;
+}
+
+function secretHash(): Buffer {
+  return randomBytes(32);
+}
+
+function keyRecord(organizationId: string, fields: Partial<KeyRecord> = {}): KeyRecord {
+  return {
+    id: uid("key"),
+    organizationId,
+    projectId: "",
+    name: "test key",
+    prefix: "sk",
+    preview: "sk_3Fz9…q2Lk",
+    scopes: [],
+    createdBy: "u_creator",
+    createTime: T0,
+    updateTime: T0,
+    expireTime: null,
+    lastUsedTime: null,
+    revokeTime: null,
+    revokedBy: "",
+    revokeReason: "",
+    rotateTime: null,
+    previousSecretExpireTime: null,
+    metadata: {},
+    limits: null,
+    ...fields,
+  };
+}
+
+function auditRecord(organizationId: string, action: string, fields: Partial<AuditRecord> = {}): AuditRecord {
+  return {
+    id: uid("evt"),
+    organizationId,
+    time: T0,
+    actorUserId: "u_admin",
+    actorRole: Role.ADMIN,
+    caller: "test",
+    action,
+    keyId: "",
+    details: {},
+    ...fields,
+  };
+}
+
+interface NewKeyOptions {
+  key?: Partial<KeyRecord>;
+  requestId?: string;
+  creatorRole?: Role;
+}
+
+function newKey(organizationId: string, options: NewKeyOptions = {}): NewKey {
+  const key = keyRecord(organizationId, options.key);
+  return {
+    key,
+    hash: secretHash(),
+    creatorRole: options.creatorRole ?? Role.MEMBER,
+    requestId: options.requestId ?? "",
+    audit: auditRecord(organizationId, "key.create", { keyId: key.id, time: key.createTime }),
+  };
+}
+
+function listQuery(organizationId: string, fields: Partial<ListKeysQuery> = {}): ListKeysQuery {
+  return { organizationId, projectId: "", createdBy: "", showRevoked: true, after: null, limit: 100, ...fields };
+}
+
+export function describeStoreContract(name: string, open: () => Promise<{ store: Store; cleanup: () => Promise<void> }>): void {
+  describe(`${name} store contract`, () => {
+    let store: Store;
+    let cleanup: (() => Promise<void>) | undefined;
+
+    beforeAll(async () => {
+      ({ store, cleanup } = await open());
+    });
+
+    afterAll(async () => {
+      await cleanup?.();
+    });
+
+    async function create(organizationId: string, options: NewKeyOptions = {}) {
+      const input = newKey(organizationId, options);
+      const result = await store.createKey(input);
+      return { ...result, input };
+    }
+
+    /** Every key of the query, page by page, checking each page's size. */
+    async function listAll(query: ListKeysQuery): Promise<KeyRecord[]> {
+      const keys: KeyRecord[] = [];
+      let after: string | null = null;
+      for (;;) {
+        const page = await store.listKeys({ ...query, after });
+        expect(page.items.length).toBeLessThanOrEqual(query.limit);
+        keys.push(...page.items);
+        if (page.next === null) return keys;
+        expect(page.items.length).toBe(query.limit);
+        after = page.next;
+      }
+    }
+
+    async function auditEvents(organizationId: string): Promise<AuditRecord[]> {
+      const events: AuditRecord[] = [];
+      let after: string | null = null;
+      for (;;) {
+        const page = await store.listAuditEvents(organizationId, after, 3);
+        events.push(...page.items);
+        if (page.next === null) return events;
+        after = page.next;
+      }
+    }
+
+    it("answers ping", async () => {
+      await expect(store.ping()).resolves.toBeUndefined();
+    });
+
+    describe("createKey and getKey", () => {
+      it("keeps every field of the key", async () => {
+        const org = uid("org");
+        const full = keyRecord(org, {
+          projectId: "proj_1",
+          name: "Ünïcode name ✓",
+          prefix: "trv_ak",
+          scopes: ["documents:read", "documents:*"],
+          createdBy: "u_alice",
+          createTime: T0,
+          updateTime: T0 + 1,
+          expireTime: T0 + 7 * 24 * 60 * MINUTE + 999,
+          metadata: { team: "search", "env.name": "prod ✓" },
+          limits: { requestsPerMinute: 60, requestsPerDay: 0, monthlyCredits: 9_007_199_254_740_991 },
+        });
+        const { key, created } = await store.createKey({ ...newKey(org), key: full });
+        expect(created).toBe(true);
+        expect(key).toEqual(full);
+        expect(await store.getKey(org, full.id)).toEqual(full);
+
+        const minimal = keyRecord(org);
+        await store.createKey({ ...newKey(org), key: minimal });
+        expect(await store.getKey(org, minimal.id)).toEqual(minimal);
+      });
+
+      it("stores all-zero limits as no limits", async () => {
+        const org = uid("org");
+        const { key } = await create(org, { key: { limits: { requestsPerMinute: 0, requestsPerDay: 0, monthlyCredits: 0 } } });
+        expect(key.limits).toBeNull();
+        expect((await store.getKey(org, key.id))!.limits).toBeNull();
+      });
+
+      it("finds a key only in its own organization", async () => {
+        const org = uid("org");
+        const { key } = await create(org);
+        expect(await store.getKey(uid("org"), key.id)).toBeNull();
+        expect(await store.getKey(org, uid("key"))).toBeNull();
+      });
+
+      it("records the creator's role and an enabled organization", async () => {
+        const org = uid("org");
+        const { input, key } = await create(org, { creatorRole: Role.ADMIN });
+        expect(await store.findByHash(input.hash)).toEqual({ key, secretExpireTime: null, memberRole: Role.ADMIN, orgEnabled: true });
+
+        // The creator's next key reports a new role: the membership follows it.
+        await create(org, { creatorRole: Role.MEMBER });
+        expect((await store.findByHash(input.hash))!.memberRole).toBe(Role.MEMBER);
+      });
+
+      it("does not re-enable a switched-off organization", async () => {
+        const org = uid("org");
+        await store.setApiAccess(org, false, T0, auditRecord(org, "org.disable_api"));
+        const { input } = await create(org);
+        expect((await store.findByHash(input.hash))!.orgEnabled).toBe(false);
+      });
+
+      it("writes the audit event", async () => {
+        const org = uid("org");
+        const { input } = await create(org);
+        expect(await auditEvents(org)).toEqual([input.audit]);
+      });
+    });
+
+    describe("idempotent createKey", () => {
+      it("returns the first key for a repeated request id and inserts nothing", async () => {
+        const org = uid("org");
+        const first = await create(org, { requestId: "web/req-1" });
+        const again = await create(org, { requestId: "web/req-1", key: { name: "other" } });
+        expect(again.created).toBe(false);
+        expect(again.key).toEqual(first.key);
+        expect(await store.findByHash(again.input.hash)).toBeNull();
+        expect(await store.getKey(org, again.input.key.id)).toBeNull();
+        expect((await listAll(listQuery(org))).map((k) => k.id)).toEqual([first.key.id]);
+        expect((await auditEvents(org)).map((e) => e.id)).toEqual([first.input.audit.id]);
+      });
+
+      it("scopes request ids to the organization and ignores empty ones", async () => {
+        const org = uid("org");
+        const a = await create(org, { requestId: "web/req-1" });
+        const b = await create(uid("org"), { requestId: "web/req-1" });
+        expect(b.created).toBe(true);
+        expect(b.key.id).not.toBe(a.key.id);
+        const c = await create(org, { requestId: "" });
+        const d = await create(org, { requestId: "" });
+        expect([c.created, d.created]).toEqual([true, true]);
+        expect(await listAll(listQuery(org))).toHaveLength(3);
+      });
+
+      it("creates exactly one key for 20 concurrent creates with one request id", async () => {
+        const org = uid("org");
+        const inputs = Array.from({ length: 20 }, () => newKey(org, { requestId: "web/concurrent" }));
+        const results = await Promise.all(inputs.map((input) => store.createKey(input)));
+        const winners = results.filter((r) => r.created);
+        expect(winners).toHaveLength(1);
+        const id = winners[0].key.id;
+        expect(new Set(results.map((r) => r.key.id))).toEqual(new Set([id]));
+        expect((await listAll(listQuery(org))).map((k) => k.id)).toEqual([id]);
+        expect(await auditEvents(org)).toHaveLength(1);
+        const found = await Promise.all(inputs.map((input) => store.findByHash(input.hash)));
+        expect(found.filter((f) => f !== null)).toHaveLength(1);
+      });
+    });
+
+    describe("listKeys", () => {
+      it("pages newest first and ends exactly at the last key", async () => {
+        const org = uid("org");
+        const ids: string[] = [];
+        for (let i = 0; i < 14; i++) ids.push((await create(org)).key.id);
+        const first = await store.listKeys(listQuery(org, { limit: 7 }));
+        expect(first.items.map((k) => k.id)).toEqual(ids.slice(7).reverse());
+        expect(first.next).not.toBeNull();
+        const second = await store.listKeys(listQuery(org, { limit: 7, after: first.next }));
+        expect(second.items.map((k) => k.id)).toEqual(ids.slice(0, 7).reverse());
+        expect(second.next).toBeNull();
+      });
+
+      it("has no duplicates or gaps while keys are added between pages", async () => {
+        const org = uid("org");
+        const original: string[] = [];
+        for (let i = 0; i < 25; i++) original.push((await create(org)).key.id);
+        const seen: string[] = [];
+        let after: string | null = null;
+        let pages = 0;
+        do {
+          const page = await store.listKeys(listQuery(org, { limit: 7, after }));
+          seen.push(...page.items.map((k) => k.id));
+          after = page.next;
+          pages++;
+          for (let i = 0; i < 3; i++) await create(org);
+        } while (after !== null);
+        expect(pages).toBe(4);
+        expect(seen).toEqual([...original].reverse());
+      });
+
+      it("filters by project, creator and revocation", async () => {
+        const org = uid("org");
+        const a1 = (await create(org, { key: { projectId: "p1", createdBy: "u_a" } })).key;
+        const b1 = (await create(org, { key: { projectId: "p1", createdBy: "u_b" } })).key;
+        const a2 = (await create(org, { key: { projectId: "p2", createdBy: "u_a" } })).key;
+        const revoked = (await create(org, { key: { projectId: "p1", createdBy: "u_a" } })).key;
+        await store.revokeKey(org, revoked.id, "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"));
+        await create(uid("org"), { key: { projectId: "p1", createdBy: "u_a" } });
+
+        const ids = async (fields: Partial<ListKeysQuery>) => (await listAll(listQuery(org, { limit: 2, ...fields }))).map((k) => k.id);
+        expect(await ids({})).toEqual([revoked.id, a2.id, b1.id, a1.id]);
+        expect(await ids({ showRevoked: false })).toEqual([a2.id, b1.id, a1.id]);
+        expect(await ids({ projectId: "p1" })).toEqual([revoked.id, b1.id, a1.id]);
+        expect(await ids({ createdBy: "u_a" })).toEqual([revoked.id, a2.id, a1.id]);
+        expect(await ids({ projectId: "p1", createdBy: "u_a", showRevoked: false })).toEqual([a1.id]);
+        expect(await ids({ projectId: "p3" })).toEqual([]);
+      });
+
+      it("lists nothing for an organization without keys", async () => {
+        expect(await store.listKeys(listQuery(uid("org")))).toEqual({ items: [], next: null });
+      });
+    });
+
+    describe("findByHash", () => {
+      it("finds nothing for an unknown hash", async () => {
+        expect(await store.findByHash(secretHash())).toBeNull();
+      });
+
+      it("finds a revoked key, revoked", async () => {
+        const org = uid("org");
+        const { input, key } = await create(org);
+        await store.revokeKey(org, key.id, "u_admin", "leaked", T0 + MINUTE, auditRecord(org, "key.revoke"));
+        const found = await store.findByHash(input.hash);
+        expect(found!.key.id).toBe(key.id);
+        expect(found!.key.revokeTime).toBe(T0 + MINUTE);
+      });
+    });
+
+    describe("updateKey", () => {
+      it("changes only the named fields", async () => {
+        const org = uid("org");
+        const { key } = await create(org, {
+          key: {
+            name: "before",
+            scopes: ["a:read"],
+            expireTime: T0 + 60 * MINUTE,
+            metadata: { k: "v" },
+            limits: { requestsPerMinute: 1, requestsPerDay: 2, monthlyCredits: 3 },
+          },
+        });
+        const renamed = await store.updateKey(org, key.id, { name: "after" }, T0 + MINUTE, auditRecord(org, "key.update"));
+        expect(renamed).toEqual({ ...key, name: "after", updateTime: T0 + MINUTE });
+
+        const changed = await store.updateKey(
+          org,
+          key.id,
+          { scopes: ["b:write"], metadata: { x: "y" }, limits: { requestsPerMinute: 5, requestsPerDay: 0, monthlyCredits: 0 } },
+          T0 + 2 * MINUTE,
+          auditRecord(org, "key.update"),
+        );
+        expect(changed).toEqual({
+          ...key,
+          name: "after",
+          scopes: ["b:write"],
+          metadata: { x: "y" },
+          limits: { requestsPerMinute: 5, requestsPerDay: 0, monthlyCredits: 0 },
+          updateTime: T0 + 2 * MINUTE,
+        });
+        expect(await store.getKey(org, key.id)).toEqual(changed);
+      });
+
+      it("clears expiry and limits with null", async () => {
+        const org = uid("org");
+        const { key } = await create(org, {
+          key: { expireTime: T0 + MINUTE, limits: { requestsPerMinute: 1, requestsPerDay: 2, monthlyCredits: 3 } },
+        });
+        const cleared = await store.updateKey(org, key.id, { expireTime: null, limits: null }, T0 + 1, auditRecord(org, "key.update"));
+        expect(cleared!.expireTime).toBeNull();
+        expect(cleared!.limits).toBeNull();
+        const zero = await store.updateKey(
+          org,
+          key.id,
+          { expireTime: T0 + 5, limits: { requestsPerMinute: 0, requestsPerDay: 0, monthlyCredits: 0 } },
+          T0 + 2,
+          auditRecord(org, "key.update"),
+        );
+        expect(zero!.expireTime).toBe(T0 + 5);
+        expect(zero!.limits).toBeNull();
+        expect(await store.getKey(org, key.id)).toEqual(zero);
+      });
+
+      it("does not touch a key of another organization", async () => {
+        const org = uid("org");
+        const other = uid("org");
+        const { key } = await create(org);
+        expect(await store.updateKey(other, key.id, { name: "hijacked" }, T0 + 1, auditRecord(other, "key.update"))).toBeNull();
+        expect(await store.updateKey(org, uid("key"), { name: "x" }, T0 + 1, auditRecord(org, "key.update"))).toBeNull();
+        expect(await store.getKey(org, key.id)).toEqual(key);
+        expect(await auditEvents(other)).toEqual([]);
+        expect(await auditEvents(org)).toHaveLength(1);
+      });
+    });
+
+    describe("rotateKey", () => {
+      it("keeps the old secret working until the grace deadline", async () => {
+        const org = uid("org");
+        const { input, key } = await create(org);
+        const now = T0 + MINUTE;
+        const graceEnd = now + 60 * MINUTE;
+        const newHash = secretHash();
+        const rotated = await store.rotateKey(
+          org,
+          key.id,
+          { newHash, newPreview: "sk_new…abcd", oldSecretExpireTime: graceEnd },
+          now,
+          auditRecord(org, "key.rotate"),
+        );
+        expect(rotated).toEqual({
+          ...key,
+          preview: "sk_new…abcd",
+          rotateTime: now,
+          previousSecretExpireTime: graceEnd,
+          updateTime: now,
+        });
+        const old = await store.findByHash(input.hash);
+        const current = await store.findByHash(newHash);
+        expect(old).toEqual({ key: rotated, secretExpireTime: graceEnd, memberRole: Role.MEMBER, orgEnabled: true });
+        expect(current).toEqual({ key: rotated, secretExpireTime: null, memberRole: Role.MEMBER, orgEnabled: true });
+      });
+
+      it("never extends an older secret's grace, and may shorten it", async () => {
+        const org = uid("org");
+        const { input, key } = await create(org);
+        const rotate = (now: number, graceEnd: number, hash: Buffer) =>
+          store.rotateKey(org, key.id, { newHash: hash, newPreview: "p", oldSecretExpireTime: graceEnd }, now, auditRecord(org, "key.rotate"));
+        const second = secretHash();
+        const third = secretHash();
+        const fourth = secretHash();
+        await rotate(T0 + 1, T0 + 100 * MINUTE, second);
+        // A longer grace for the second secret leaves the first one's deadline alone.
+        await rotate(T0 + 2, T0 + 200 * MINUTE, third);
+        expect((await store.findByHash(input.hash))!.secretExpireTime).toBe(T0 + 100 * MINUTE);
+        expect((await store.findByHash(second))!.secretExpireTime).toBe(T0 + 200 * MINUTE);
+        // A shorter one cuts both.
+        const last = await rotate(T0 + 3, T0 + 10 * MINUTE, fourth);
+        expect((await store.findByHash(input.hash))!.secretExpireTime).toBe(T0 + 10 * MINUTE);
+        expect((await store.findByHash(second))!.secretExpireTime).toBe(T0 + 10 * MINUTE);
+        expect((await store.findByHash(third))!.secretExpireTime).toBe(T0 + 10 * MINUTE);
+        expect((await store.findByHash(fourth))!.secretExpireTime).toBeNull();
+        expect(last!.previousSecretExpireTime).toBe(T0 + 10 * MINUTE);
+      });
+
+      it("ends the old secrets at once without a grace period", async () => {
+        const org = uid("org");
+        const { input, key } = await create(org);
+        const second = secretHash();
+        const third = secretHash();
+        const rotation = (newHash: Buffer, graceEnd: number) => ({ newHash, newPreview: "p", oldSecretExpireTime: graceEnd });
+        await store.rotateKey(org, key.id, rotation(second, T0 + 60 * MINUTE), T0 + 1, auditRecord(org, "key.rotate"));
+        const rotated = await store.rotateKey(org, key.id, rotation(third, T0 + 2), T0 + 2, auditRecord(org, "key.rotate"));
+        expect(rotated!.previousSecretExpireTime).toBeNull();
+        expect(rotated!.rotateTime).toBe(T0 + 2);
+        expect(await store.findByHash(input.hash)).toBeNull();
+        expect(await store.findByHash(second)).toBeNull();
+        expect((await store.findByHash(third))!.secretExpireTime).toBeNull();
+      });
+
+      it("does not touch a key of another organization", async () => {
+        const org = uid("org");
+        const other = uid("org");
+        const { input, key } = await create(org);
+        const newHash = secretHash();
+        const rotated = await store.rotateKey(
+          other,
+          key.id,
+          { newHash, newPreview: "p", oldSecretExpireTime: T0 },
+          T0 + 1,
+          auditRecord(other, "key.rotate"),
+        );
+        expect(rotated).toBeNull();
+        expect(await store.findByHash(newHash)).toBeNull();
+        expect((await store.findByHash(input.hash))!.secretExpireTime).toBeNull();
+        expect(await store.getKey(org, key.id)).toEqual(key);
+        expect(await auditEvents(other)).toEqual([]);
+      });
+    });
+
+    describe("revokeKey", () => {
+      it("revokes once; a second revoke returns the key unchanged", async () => {
+        const org = uid("org");
+        const { key } = await create(org);
+        const first = await store.revokeKey(org, key.id, "u_admin", "leaked", T0 + MINUTE, auditRecord(org, "key.revoke"));
+        const revoked = { ...key, revokeTime: T0 + MINUTE, revokedBy: "u_admin", revokeReason: "leaked", updateTime: T0 + MINUTE };
+        expect(first).toEqual({ key: revoked, changed: true });
+        const second = await store.revokeKey(org, key.id, "u_other", "again", T0 + 2 * MINUTE, auditRecord(org, "key.revoke"));
+        expect(second).toEqual({ key: revoked, changed: false });
+        expect(await store.getKey(org, key.id)).toEqual(revoked);
+        expect((await auditEvents(org)).map((e) => e.action)).toEqual(["key.revoke", "key.create"]);
+      });
+
+      it("does not touch a key of another organization", async () => {
+        const org = uid("org");
+        const other = uid("org");
+        const { key } = await create(org);
+        expect(await store.revokeKey(other, key.id, "u_admin", "", T0 + 1, auditRecord(other, "key.revoke"))).toBeNull();
+        expect(await store.revokeKey(org, uid("key"), "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"))).toBeNull();
+        expect((await store.getKey(org, key.id))!.revokeTime).toBeNull();
+        expect(await auditEvents(other)).toEqual([]);
+      });
+    });
+
+    describe("revokeKeysCreatedBy", () => {
+      it("revokes the creator's unrevoked keys in the organization only", async () => {
+        const org = uid("org");
+        const other = uid("org");
+        const a1 = (await create(org, { key: { createdBy: "u_a" } })).key;
+        const a2 = (await create(org, { key: { createdBy: "u_a" } })).key;
+        const already = (await create(org, { key: { createdBy: "u_a" } })).key;
+        const b = (await create(org, { key: { createdBy: "u_b" } })).key;
+        const elsewhere = (await create(other, { key: { createdBy: "u_a" } })).key;
+        await store.revokeKey(org, already.id, "u_a", "", T0 + 1, auditRecord(org, "key.revoke"));
+
+        const changed = await store.revokeKeysCreatedBy(org, "u_a", "u_admin", "left", T0 + 2, auditRecord(org, "key.revoke_all"));
+        expect([...changed.keyIds].sort()).toEqual([a1.id, a2.id].sort());
+        for (const id of [a1.id, a2.id]) {
+          const key = await store.getKey(org, id);
+          expect([key!.revokeTime, key!.revokedBy, key!.revokeReason, key!.updateTime]).toEqual([T0 + 2, "u_admin", "left", T0 + 2]);
+        }
+        expect((await store.getKey(org, already.id))!.revokeTime).toBe(T0 + 1);
+        expect((await store.getKey(org, b.id))!.revokeTime).toBeNull();
+        expect((await store.getKey(other, elsewhere.id))!.revokeTime).toBeNull();
+        expect((await auditEvents(org))[0].action).toBe("key.revoke_all");
+
+        const again = await store.revokeKeysCreatedBy(org, "u_a", "u_admin", "", T0 + 3, auditRecord(org, "key.revoke_all"));
+        expect(again.keyIds).toEqual([]);
+      });
+    });
+
+    describe("members and organizations", () => {
+      it("sets a member's role", async () => {
+        const org = uid("org");
+        const { input } = await create(org, { key: { createdBy: "u_a" }, creatorRole: Role.MEMBER });
+        const member = await store.setMemberRole(org, "u_a", Role.VIEWER, T0 + 1, auditRecord(org, "member.set_role"));
+        expect(member).toEqual({ organizationId: org, userId: "u_a", role: Role.VIEWER, updateTime: T0 + 1 });
+        expect((await store.findByHash(input.hash))!.memberRole).toBe(Role.VIEWER);
+        // A role for someone who was never a member is an insert.
+        expect(await store.setMemberRole(org, "u_new", Role.OWNER, T0 + 2, auditRecord(org, "member.set_role"))).toEqual({
+          organizationId: org,
+          userId: "u_new",
+          role: Role.OWNER,
+          updateTime: T0 + 2,
+        });
+      });
+
+      it("removes a member, keeping their keys", async () => {
+        const org = uid("org");
+        const { input, key } = await create(org, { key: { createdBy: "u_a" } });
+        const changed = await store.removeMember(org, "u_a", false, T0 + 1, auditRecord(org, "member.remove"));
+        expect(changed.keyIds).toEqual([]);
+        const found = await store.findByHash(input.hash);
+        expect(found!.memberRole).toBeNull();
+        expect(found!.key).toEqual(key);
+        // Idempotent.
+        expect(await store.removeMember(org, "u_a", false, T0 + 2, auditRecord(org, "member.remove"))).toEqual({ keyIds: [] });
+      });
+
+      it("removes a member and revokes their keys", async () => {
+        const org = uid("org");
+        const { input, key } = await create(org, { key: { createdBy: "u_a" } });
+        const other = (await create(org, { key: { createdBy: "u_b" } })).key;
+        const changed = await store.removeMember(
+          org,
+          "u_a",
+          true,
+          T0 + 1,
+          auditRecord(org, "member.remove", { actorUserId: "u_owner" }),
+        );
+        expect(changed.keyIds).toEqual([key.id]);
+        const found = await store.findByHash(input.hash);
+        expect(found!.memberRole).toBeNull();
+        expect(found!.key).toEqual({ ...key, revokeTime: T0 + 1, revokedBy: "u_owner", revokeReason: "member removed", updateTime: T0 + 1 });
+        expect((await store.getKey(org, other.id))!.revokeTime).toBeNull();
+      });
+
+      it("switches an organization's API access", async () => {
+        const org = uid("org");
+        const { input } = await create(org);
+        expect(await store.setApiAccess(org, false, T0 + 1, auditRecord(org, "org.disable_api"))).toEqual({
+          id: org,
+          apiAccessEnabled: false,
+          updateTime: T0 + 1,
+        });
+        expect((await store.findByHash(input.hash))!.orgEnabled).toBe(false);
+        await store.setApiAccess(org, true, T0 + 2, auditRecord(org, "org.enable_api"));
+        expect((await store.findByHash(input.hash))!.orgEnabled).toBe(true);
+        const fresh = uid("org");
+        expect(await store.setApiAccess(fresh, false, T0, auditRecord(fresh, "org.disable_api"))).toEqual({
+          id: fresh,
+          apiAccessEnabled: false,
+          updateTime: T0,
+        });
+      });
+    });
+
+    describe("touchLastUsed", () => {
+      it("records a batch, never moving a time backwards", async () => {
+        const org = uid("org");
+        const a = (await create(org)).key;
+        const b = (await create(org)).key;
+        const c = (await create(org)).key;
+        await store.touchLastUsed(
+          new Map([
+            [a.id, T0 + 10],
+            [b.id, T0 + 20],
+            [uid("key"), T0 + 30],
+          ]),
+        );
+        await store.touchLastUsed(
+          new Map([
+            [a.id, T0 + 5],
+            [b.id, T0 + 25],
+          ]),
+        );
+        await store.touchLastUsed(new Map());
+        expect((await store.getKey(org, a.id))!.lastUsedTime).toBe(T0 + 10);
+        expect((await store.getKey(org, b.id))!.lastUsedTime).toBe(T0 + 25);
+        expect((await store.getKey(org, c.id))!.lastUsedTime).toBeNull();
+        // Not a management action: no audit event, no update time.
+        expect((await store.getKey(org, b.id))!.updateTime).toBe(b.updateTime);
+        expect(await auditEvents(org)).toHaveLength(3);
+      });
+    });
+
+    describe("audit events", () => {
+      it("records every mutation with the change, newest first", async () => {
+        const org = uid("org");
+        const { input, key } = await create(org, { key: { createdBy: "u_a" } });
+        const events = [input.audit];
+        const next = (action: string, fields: Partial<AuditRecord> = {}) => {
+          const event = auditRecord(org, action, { time: T0 + events.length, ...fields });
+          events.push(event);
+          return event;
+        };
+        await store.updateKey(org, key.id, { name: "n" }, T0, next("key.update", { keyId: key.id, details: { fields: "name" } }));
+        await store.rotateKey(
+          org,
+          key.id,
+          { newHash: secretHash(), newPreview: "p", oldSecretExpireTime: T0 },
+          T0,
+          next("key.rotate", { actorRole: Role.OWNER, caller: "cli" }),
+        );
+        await store.setMemberRole(org, "u_b", Role.ADMIN, T0, next("member.set_role"));
+        await store.setApiAccess(org, false, T0, next("org.disable_api", { actorUserId: "" }));
+        await store.revokeKeysCreatedBy(org, "u_b", "u_admin", "", T0, next("key.revoke_all"));
+        await store.revokeKey(org, key.id, "u_admin", "", T0, next("key.revoke", { details: { reason: "ünïcode ✓" } }));
+        await store.removeMember(org, "u_a", true, T0, next("member.remove"));
+        expect(await auditEvents(org)).toEqual([...events].reverse());
+        expect(await auditEvents(uid("org"))).toEqual([]);
+      });
+
+      it("pages with the position of the last event", async () => {
+        const org = uid("org");
+        for (let i = 0; i < 4; i++) await store.setMemberRole(org, `u_${i}`, Role.MEMBER, T0, auditRecord(org, `a${i}`));
+        const first = await store.listAuditEvents(org, null, 2);
+        expect(first.items.map((e) => e.action)).toEqual(["a3", "a2"]);
+        const second = await store.listAuditEvents(org, first.next, 2);
+        expect(second.items.map((e) => e.action)).toEqual(["a1", "a0"]);
+        expect(second.next).toBeNull();
+      });
+    });
+
+    describe("isolation of records", () => {
+      it("never hands out or keeps the caller's objects", async () => {
+        const org = uid("org");
+        const input = newKey(org, { key: { scopes: ["a:read"], metadata: { k: "v" }, limits: { requestsPerMinute: 1, requestsPerDay: 1, monthlyCredits: 1 } } });
+        const snapshot = structuredClone(input.key);
+        const { key } = await store.createKey(input);
+        input.key.scopes.push("mutated");
+        input.key.metadata.k = "mutated";
+        key.scopes.push("mutated");
+        key.limits!.requestsPerMinute = 99;
+        (await store.getKey(org, snapshot.id))!.metadata.k = "mutated";
+        (await store.listKeys(listQuery(org))).items[0].scopes.length = 0;
+        (await store.findByHash(input.hash))!.key.name = "mutated";
+        expect(await store.getKey(org, snapshot.id)).toEqual(snapshot);
+
+        const audit = auditRecord(org, "member.set_role", { details: { role: "1" } });
+        await store.setMemberRole(org, "u_x", Role.VIEWER, T0, audit);
+        audit.details.role = "mutated";
+        (await store.listAuditEvents(org, null, 10)).items[0].details.role = "mutated";
+        expect((await store.listAuditEvents(org, null, 10)).items[0].details).toEqual({ role: "1" });
+      });
+    });
+  });
+}

@@ -1,0 +1,153 @@
+// MySqlStore against MariaDB: the shared contract, plus what only a real
+// database can show (migrations, query plans, a dead server).
+import mysql from "mysql2/promise";
+import type { RowDataPacket } from "mysql2/promise";
+import { randomBytes } from "node:crypto";
+import { readdir } from "node:fs/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
+import { ApiError, Status } from "../../src/keys/errors.js";
+import { migrationsDirectory } from "../../src/store/migrate.js";
+import { FIND_BY_HASH_SQL, MySqlStore } from "../../src/store/mysql-store.js";
+import { describeStoreContract } from "../contract/store-contract.js";
+import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
+
+describeStoreContract("mysql", async () => {
+  const db = await freshDatabase();
+  const store = await MySqlStore.open(db.url);
+  await store.migrate();
+  return {
+    store,
+    cleanup: async () => {
+      await store.close();
+      await db.drop();
+    },
+  };
+});
+
+describe("MySqlStore", () => {
+  let db: TestDatabase;
+  let conn: mysql.Connection;
+
+  beforeAll(async () => {
+    db = await freshDatabase();
+  });
+
+  afterAll(async () => {
+    await conn?.end();
+    await db?.drop();
+  });
+
+  it("creates the database and migrates, also from three instances at once and again", async () => {
+    const stores = await Promise.all([1, 2, 3].map(() => MySqlStore.open(db.url, { poolSize: 2 })));
+    try {
+      await Promise.all(stores.map((s) => s.migrate()));
+      await stores[0].migrate();
+    } finally {
+      await Promise.all(stores.map((s) => s.close()));
+    }
+    conn ??= await mysql.createConnection(db.url);
+    const [applied] = await conn.query<RowDataPacket[]>("SELECT version FROM schema_migrations ORDER BY version");
+    const files = (await readdir(migrationsDirectory())).filter((f) => f.endsWith(".sql")).sort();
+    expect(files[0]).toBe("001_initial.sql");
+    expect(applied.map((r) => r.version)).toEqual(files);
+    const [tables] = await conn.query<RowDataPacket[]>("SHOW TABLES");
+    expect(tables.map((r) => Object.values(r)[0])).toEqual(
+      expect.arrayContaining(["api_keys", "audit_events", "key_secrets", "members", "organizations", "schema_migrations"]),
+    );
+  });
+
+  /** A key in the migrated database, for the tests below that look at rows directly. */
+  async function createKey(store: MySqlStore, organizationId: string): Promise<Buffer> {
+    const hash = randomBytes(32);
+    const now = Date.now();
+    const id = `key_${randomBytes(8).toString("hex")}`;
+    await store.createKey({
+      key: {
+        id,
+        organizationId,
+        projectId: "",
+        name: "",
+        prefix: "sk",
+        preview: "sk_x…y",
+        scopes: [],
+        createdBy: "u_a",
+        createTime: now,
+        updateTime: now,
+        expireTime: null,
+        lastUsedTime: null,
+        revokeTime: null,
+        revokedBy: "",
+        revokeReason: "",
+        rotateTime: null,
+        previousSecretExpireTime: null,
+        metadata: {},
+        limits: null,
+      },
+      hash,
+      creatorRole: Role.MEMBER,
+      requestId: "",
+      audit: {
+        id: `evt_${randomBytes(8).toString("hex")}`,
+        organizationId,
+        time: now,
+        actorUserId: "u_a",
+        actorRole: Role.MEMBER,
+        caller: "test",
+        action: "key.create",
+        keyId: id,
+        details: {},
+      },
+    });
+    return hash;
+  }
+
+  it("verifies with one primary-key lookup of the hash", async () => {
+    const store = await MySqlStore.open(db.url);
+    try {
+      await store.migrate();
+      const hash = await createKey(store, "org_explain");
+      conn ??= await mysql.createConnection(db.url);
+      const [plan] = await conn.query<RowDataPacket[]>(`EXPLAIN ${FIND_BY_HASH_SQL}`, [hash]);
+      const byTable = Object.fromEntries(plan.map((row) => [row.table, row]));
+      expect(byTable.s).toMatchObject({ key: "PRIMARY" });
+      expect(byTable.k).toMatchObject({ key: "uq_api_keys_id" });
+      expect(byTable.m).toMatchObject({ key: "PRIMARY" });
+      expect(byTable.o).toMatchObject({ key: "PRIMARY" });
+      for (const row of plan) expect(row.type).not.toBe("ALL");
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("treats a key whose organization has no row as enabled", async () => {
+    const store = await MySqlStore.open(db.url);
+    try {
+      await store.migrate();
+      const hash = await createKey(store, "org_rowless");
+      conn ??= await mysql.createConnection(db.url);
+      await conn.query("DELETE FROM organizations WHERE id = 'org_rowless'");
+      expect(await store.findByHash(hash)).toMatchObject({ orgEnabled: true, memberRole: Role.MEMBER });
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("reports a dead database as UNAVAILABLE, fast", async () => {
+    const store = await MySqlStore.open("mysql://root@127.0.0.1:1/apikeys");
+    try {
+      const started = Date.now();
+      for (const call of [() => store.getKey("org", "key"), () => store.findByHash(randomBytes(32)), () => store.migrate()]) {
+        const err = await call().then(
+          () => null,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(ApiError);
+        expect((err as ApiError).code).toBe(Status.UNAVAILABLE);
+      }
+      expect(Date.now() - started).toBeLessThan(3000);
+    } finally {
+      await store.close();
+    }
+  });
+});
