@@ -35,7 +35,8 @@ export class VerifyStats {
   malformed = 0;
 }
 
-const NOT_FOUND: VerifyKeyResponse = create(VerifyKeyResponseSchema, { valid: false, code: VerifyCode.NOT_FOUND });
+// Frozen: shared by every caller (see VerifyEntry.responses).
+const NOT_FOUND: VerifyKeyResponse = Object.freeze(create(VerifyKeyResponseSchema, { valid: false, code: VerifyCode.NOT_FOUND }));
 
 export class Verifier {
   private readonly store: Store;
@@ -119,11 +120,15 @@ export class Verifier {
   private respond(entry: VerifyEntry, code: VerifyCode, now: number, usage: UsageOutcome | undefined): VerifyKeyResponse {
     this.stats.byCode[code]++;
     if (code === VerifyCode.VALID) this.lastUsed.touch(entry.record.key.id, now);
+    if (usage === undefined) {
+      const cached = entry.responses[code];
+      if (cached !== undefined) return cached;
+    }
     let apiKey = entry.apiKey;
     if (code === VerifyCode.EXPIRED && apiKey.state === KeyState.ACTIVE) {
       apiKey = { ...apiKey, state: KeyState.EXPIRED };
     }
-    return create(VerifyKeyResponseSchema, {
+    const response = create(VerifyKeyResponseSchema, {
       valid: code === VerifyCode.VALID,
       code,
       key: apiKey,
@@ -131,6 +136,9 @@ export class Verifier {
       remainingCredits: usage?.remainingCredits,
       rateLimit: usage?.rateLimit,
     });
+    if (usage !== undefined) return response;
+    entry.responses[code] = Object.freeze(response);
+    return response;
   }
 
   private decide(entry: VerifyEntry, req: VerifyKeyRequest, now: number): VerifyCode {

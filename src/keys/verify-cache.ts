@@ -11,7 +11,7 @@
 //   instance renews by receiving its own pings through Redis, so an instance
 //   that might be missing invalidations stops using its cache by itself.
 import { LRUCache } from "lru-cache";
-import type { ApiKey, Principal } from "../../gen/apikeys/v1/apikeys_pb.js";
+import type { ApiKey, Principal, VerifyKeyResponse } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { Invalidation } from "./invalidation.js";
 import { toApiKey, toPrincipal } from "./mapping.js";
 import type { VerifyRecord } from "./records.js";
@@ -25,6 +25,13 @@ export interface VerifyEntry {
   readonly scopes: ReadonlySet<string>;
   readonly wildcards: readonly string[];
   readonly allScopes: boolean;
+  /**
+   * Answers without usage data, by VerifyCode, built on first use and frozen:
+   * until the entry is invalidated the answer for a code does not change, so
+   * a cached verification allocates nothing and the transport may reuse the
+   * encoded bytes (see src/transport/grpc-server.ts).
+   */
+  readonly responses: (VerifyKeyResponse | undefined)[];
 }
 
 /** Marker stored for hashes the database does not know. */
@@ -46,7 +53,15 @@ export function buildEntry(record: VerifyRecord, now: number): VerifyEntry {
     else if (s.endsWith(":*")) wildcards.push(s.slice(0, -1)); // "documents:*" → "documents:"
     else scopes.add(s);
   }
-  return { record, apiKey: toApiKey(record.key, now), principal: toPrincipal(record), scopes, wildcards, allScopes };
+  return {
+    record,
+    apiKey: toApiKey(record.key, now),
+    principal: toPrincipal(record),
+    scopes,
+    wildcards,
+    allScopes,
+    responses: [],
+  };
 }
 
 export class VerifyCache {

@@ -15,6 +15,24 @@ function toBuffer(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
+// Encodings of frozen messages. The domain freezes the answers it reuses
+// (e.g. a cached key's VALID response), so their bytes never change; encoding
+// is the largest cost of a cached VerifyKey, and this makes it a lookup.
+const frozenEncodings = new WeakMap<object, Buffer>();
+
+function encoder(schema: DescMessage) {
+  return (message: unknown): Buffer => {
+    const m = message as object;
+    if (!Object.isFrozen(m)) return toBuffer(toBinary(schema, m as never));
+    let bytes = frozenEncodings.get(m);
+    if (bytes === undefined) {
+      bytes = toBuffer(toBinary(schema, m as never));
+      frozenEncodings.set(m, bytes);
+    }
+    return bytes;
+  };
+}
+
 function decoder(schema: DescMessage) {
   return (bytes: Buffer): unknown => {
     try {
@@ -49,9 +67,9 @@ export function serviceDefinition(service: DescService): Record<string, grpc.Met
       requestStream: false,
       responseStream: false,
       originalName: method.localName,
-      requestSerialize: (m) => toBuffer(toBinary(method.input, m as never)),
+      requestSerialize: encoder(method.input),
       requestDeserialize: decoder(method.input),
-      responseSerialize: (m) => toBuffer(toBinary(method.output, m as never)),
+      responseSerialize: encoder(method.output),
       responseDeserialize: (b: Buffer) => fromBinary(method.output, b),
     };
   }
