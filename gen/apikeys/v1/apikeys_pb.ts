@@ -58,7 +58,8 @@ export const ActorSchema: GenMessage<Actor> = /*@__PURE__*/
  */
 export type Limits = Message<"apikeys.v1.Limits"> & {
   /**
-   * Requests per rolling minute window, across every instance. 0 = unlimited.
+   * Requests per minute, across every instance. Windows are fixed UTC clock
+   * minutes (a new window starts at each :00 second). 0 = unlimited.
    *
    * @generated from field: uint32 requests_per_minute = 1;
    */
