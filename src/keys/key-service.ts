@@ -131,8 +131,10 @@ export class KeyService {
       requestId: requestId === "" ? "" : `${call.caller}/${requestId}`,
       audit: auditEvent(call, actor, orgId, "key.create", now, key.id, projectId ? { project_id: projectId } : {}),
     });
-    // The creator's role was just recorded; instances that cached their keys with an older role must drop them.
-    if (result.created) await this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId: actor.userId });
+    // The actor's role is recorded as the creator's current role. Only when that changed the membership may
+    // instances hold the creator's other keys with an older role; a broadcast on every create would cost each
+    // CreateKey a Redis round trip, every instance's ack and a scan of every instance's cache, for nothing.
+    if (result.memberChanged) await this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId: actor.userId });
     return create(CreateKeyResponseSchema, {
       key: toApiKey(result.key, now),
       secret: result.created ? secret : "",

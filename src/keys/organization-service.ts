@@ -23,7 +23,7 @@ import type { CallContext } from "./call-context.js";
 import type { Invalidator } from "./invalidation.js";
 import { toAuditEvent, toMember, toOrganization } from "./mapping.js";
 import { decodePageToken, encodePageToken } from "./page-token.js";
-import { type KeyPolicy, requireRole } from "./policy.js";
+import { type KeyPolicy, requireRole, roleName } from "./policy.js";
 import { checkPageSize, requireActor, requireId, requireRoleValue } from "./validation.js";
 
 export interface OrganizationServiceOptions {
@@ -57,7 +57,7 @@ export class OrganizationService {
       userId,
       role,
       now,
-      auditEvent(call, actor, orgId, "member.set_role", now, "", { user_id: userId, role: String(role) }),
+      auditEvent(call, actor, orgId, "member.set_role", now, "", { user_id: userId, role: roleName(role) }),
     );
     await this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId });
     return create(SetMemberRoleResponseSchema, { member: toMember(member) });

@@ -26,11 +26,14 @@ export function parsePolicy(text: string): KeyPolicy {
     revoke_own: Role.MEMBER,
   };
   for (const part of text.split(",").map((p) => p.trim()).filter(Boolean)) {
-    const [rule, role] = part.split("=").map((s) => s.trim().toLowerCase());
+    const pair = part.split("=").map((s) => s.trim().toLowerCase());
+    if (pair.length !== 2) throw new Error(`KEY_POLICY: "${part}" is not rule=role (e.g. create=member)`);
+    const [rule, role] = pair;
     if (!RULES.includes(rule as PolicyRule)) {
       throw new Error(`KEY_POLICY: unknown rule "${rule}" (expected one of ${RULES.join(", ")})`);
     }
-    if (!(role in ROLE_NAMES)) {
+    // Own properties only: "toString" or "constructor" are not roles.
+    if (!Object.hasOwn(ROLE_NAMES, role)) {
       throw new Error(`KEY_POLICY: unknown role "${role}" for ${rule} (expected viewer, member, admin or owner)`);
     }
     policy[rule as PolicyRule] = ROLE_NAMES[role];

@@ -11,7 +11,7 @@ import type {
   OrganizationRecord,
   VerifyRecord,
 } from "../keys/records.js";
-import type { ChangedKeys, KeyPatch, ListKeysQuery, NewKey, Page, Rotation, Store } from "./store.js";
+import type { ChangedKeys, CreatedKey, KeyPatch, ListKeysQuery, NewKey, Page, Rotation, Store } from "./store.js";
 
 /** The revoke reason of keys revoked because their creator left the organization. */
 const MEMBER_REMOVED_REASON = "member removed";
@@ -48,12 +48,12 @@ export class MemoryStore implements Store {
 
   async close(): Promise<void> {}
 
-  async createKey(input: NewKey): Promise<{ key: KeyRecord; created: boolean }> {
+  async createKey(input: NewKey): Promise<CreatedKey> {
     const { key } = input;
     const requestKey = input.requestId === "" ? null : pairKey(key.organizationId, input.requestId);
     if (requestKey !== null) {
       const existing = this.requests.get(requestKey);
-      if (existing !== undefined) return { key: copy(this.keys.get(existing)!.record), created: false };
+      if (existing !== undefined) return { key: copy(this.keys.get(existing)!.record), created: false, memberChanged: false };
     }
     const hash = input.hash.toString("hex");
     if (this.keys.has(key.id)) throw new Error(`duplicate key id ${key.id}`);
@@ -67,9 +67,10 @@ export class MemoryStore implements Store {
     if (!this.organizations.has(key.organizationId)) {
       this.organizations.set(key.organizationId, { id: key.organizationId, apiAccessEnabled: true, updateTime: key.createTime });
     }
-    this.upsertMember(key.organizationId, key.createdBy, input.creatorRole, key.createTime);
+    const memberChanged = this.members.get(pairKey(key.organizationId, key.createdBy))?.role !== input.creatorRole;
+    if (memberChanged) this.upsertMember(key.organizationId, key.createdBy, input.creatorRole, key.createTime);
     this.addAudit(input.audit);
-    return { key: copy(stored.record), created: true };
+    return { key: copy(stored.record), created: true, memberChanged };
   }
 
   async getKey(organizationId: string, keyId: string): Promise<KeyRecord | null> {
@@ -203,6 +204,14 @@ export class MemoryStore implements Store {
       if (event.record.organizationId === organizationId) rows.push(event);
     }
     return pageOf(rows, limit);
+  }
+
+  async replaceSecretHash(oldHash: Buffer, newHash: Buffer): Promise<boolean> {
+    const secret = this.secrets.get(oldHash.toString("hex"));
+    if (secret === undefined) return false;
+    this.secrets.delete(oldHash.toString("hex"));
+    this.secrets.set(newHash.toString("hex"), secret);
+    return true;
   }
 
   async touchLastUsed(entries: ReadonlyMap<string, number>): Promise<void> {

@@ -2,7 +2,16 @@
 // migrations. Times are DATETIME(3) holding UTC; the pool's timezone "Z" makes
 // mysql2 read and write them as UTC, so epoch milliseconds survive exactly.
 import mysql from "mysql2/promise";
-import type { Pool, PoolConnection, ResultSetHeader, RowDataPacket } from "mysql2/promise";
+import type {
+  ExecuteValues,
+  FieldPacket,
+  Pool,
+  PoolConnection,
+  QueryResult,
+  QueryValues,
+  ResultSetHeader,
+  RowDataPacket,
+} from "mysql2/promise";
 import type { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { unavailable } from "../keys/errors.js";
 import type {
@@ -14,10 +23,16 @@ import type {
   VerifyRecord,
 } from "../keys/records.js";
 import { runMigrations } from "./migrate.js";
-import type { ChangedKeys, KeyPatch, ListKeysQuery, NewKey, Page, Rotation, Store } from "./store.js";
+import type { ChangedKeys, CreatedKey, KeyPatch, ListKeysQuery, NewKey, Page, Rotation, Store } from "./store.js";
 
 /** A dead database must fail a call quickly, not hang it. */
 const CONNECT_TIMEOUT_MS = 2000;
+/**
+ * The longest one statement, or the wait for a pooled connection, may take. A
+ * database that accepts connections but stops answering would otherwise hang
+ * calls for good: mysql2 sets no query timeout and no pool wait limit.
+ */
+export const QUERY_TIMEOUT_MS = 5000;
 /** InnoDB may pick a transaction as a deadlock victim; it was rolled back whole, so it can simply run again. */
 const TRANSACTION_ATTEMPTS = 3;
 /** The revoke reason of keys revoked because their creator left the organization. */
@@ -108,8 +123,52 @@ interface AuditRow extends RowDataPacket {
   details: string;
 }
 
-/** What both the pool and a transaction's connection can run. */
-type Queryable = Pick<PoolConnection, "query">;
+export interface PoolStats {
+  /** Connections running a query or held by a transaction. */
+  inUse: number;
+  idle: number;
+  /** Queries waiting for a free connection. */
+  waiting: number;
+  max: number;
+}
+
+/** A pooled connection whose every statement fails after QUERY_TIMEOUT_MS. */
+class TimedConnection {
+  /**
+   * A statement timed out, or a rollback failed: the connection may be stuck
+   * mid-reply for good (mysql2 would queue every later statement behind the
+   * late one), so it is destroyed rather than returned to the pool.
+   */
+  broken = false;
+
+  constructor(private readonly conn: PoolConnection) {}
+
+  query<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Promise<[T, FieldPacket[]]> {
+    return this.timed(this.conn.query<T>({ sql, timeout: QUERY_TIMEOUT_MS }, values));
+  }
+
+  /** A prepared statement (parsed once per connection). */
+  execute<T extends QueryResult>(sql: string, values: ExecuteValues): Promise<[T, FieldPacket[]]> {
+    return this.timed(this.conn.execute<T>({ sql, timeout: QUERY_TIMEOUT_MS }, values));
+  }
+
+  release(): void {
+    if (this.broken) this.conn.destroy();
+    else this.conn.release();
+  }
+
+  private async timed<R>(statement: Promise<R>): Promise<R> {
+    try {
+      return await statement;
+    } catch (err) {
+      if (errorCode(err) === "PROTOCOL_SEQUENCE_TIMEOUT") this.broken = true;
+      throw err;
+    }
+  }
+}
+
+/** What both a single statement and a transaction run on. */
+type Queryable = Pick<TimedConnection, "query">;
 
 export class MySqlStore implements Store {
   private constructor(
@@ -142,7 +201,7 @@ export class MySqlStore implements Store {
 
   ping(): Promise<void> {
     return guard(async () => {
-      await this.pool.query("SELECT 1");
+      await this.run((db) => db.query("SELECT 1"));
     });
   }
 
@@ -150,33 +209,63 @@ export class MySqlStore implements Store {
     await this.pool.end();
   }
 
-  createKey(input: NewKey): Promise<{ key: KeyRecord; created: boolean }> {
+  /**
+   * Connection pool usage, for metrics (read when scraped, not per query).
+   * mysql2 has no public API for it, so this reads the pool's own queues.
+   */
+  poolStats(): PoolStats {
+    const core = this.pool.pool as unknown as {
+      _allConnections: { length: number };
+      _freeConnections: { length: number };
+      _connectionQueue: { length: number };
+      config: { connectionLimit: number };
+    };
+    const open = core._allConnections.length;
+    const idle = core._freeConnections.length;
+    return { inUse: open - idle, idle, waiting: core._connectionQueue.length, max: core.config.connectionLimit };
+  }
+
+  createKey(input: NewKey): Promise<CreatedKey> {
     const { key } = input;
     const requestId = input.requestId === "" ? null : input.requestId;
     return guard(async () => {
       try {
-        const created = await this.transaction(async (conn) => {
+        const inserted = await this.transaction(async (conn) => {
           // The key goes first: a concurrent retry of the same request waits
           // on its unique (organization, request) entry and then fails with a
           // duplicate before it has touched anything else.
           await conn.query("INSERT INTO api_keys SET ?", [{ ...keyColumns(key), request_id: requestId }]);
           await conn.query("INSERT INTO key_secrets (hash, key_id, expire_time) VALUES (?, ?, NULL)", [input.hash, key.id]);
-          await conn.query(
-            "INSERT INTO organizations (id, api_access_enabled, update_time) VALUES (?, TRUE, ?) ON DUPLICATE KEY UPDATE id = id",
-            [key.organizationId, toDate(key.createTime)],
+          // Plain reads, no locks: a lock on the organization or member row here
+          // would serialise (and under bursts deadlock) every create in the
+          // organization. Writing only when something is missing or changed keeps
+          // creates independent; a racing SetMemberRole is just a later report.
+          const [orgs] = await conn.query<RowDataPacket[]>("SELECT 1 FROM organizations WHERE id = ?", [key.organizationId]);
+          if (orgs.length === 0) {
+            await conn.query("INSERT IGNORE INTO organizations (id, api_access_enabled, update_time) VALUES (?, TRUE, ?)", [
+              key.organizationId,
+              toDate(key.createTime),
+            ]);
+          }
+          const [members] = await conn.query<RowDataPacket[]>(
+            "SELECT role FROM members WHERE organization_id = ? AND user_id = ?",
+            [key.organizationId, key.createdBy],
           );
-          await upsertMember(conn, key.organizationId, key.createdBy, input.creatorRole, key.createTime);
+          const memberChanged = members.length === 0 || members[0].role !== input.creatorRole;
+          if (memberChanged) await upsertMember(conn, key.organizationId, key.createdBy, input.creatorRole, key.createTime);
           await insertAudit(conn, input.audit);
-          return selectKey(conn, key.organizationId, key.id);
+          return { key: (await selectKey(conn, key.organizationId, key.id))!, memberChanged };
         });
-        return { key: created!, created: true };
+        return { ...inserted, created: true };
       } catch (err) {
         if (requestId !== null && errorCode(err) === "ER_DUP_ENTRY") {
-          const [rows] = await this.pool.query<KeyRow[]>(
-            `SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.request_id = ?`,
-            [key.organizationId, requestId],
+          const [rows] = await this.run((db) =>
+            db.query<KeyRow[]>(`SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.request_id = ?`, [
+              key.organizationId,
+              requestId,
+            ]),
           );
-          if (rows.length > 0) return { key: toKey(rows[0]), created: false };
+          if (rows.length > 0) return { key: toKey(rows[0]), created: false, memberChanged: false };
         }
         throw err;
       }
@@ -184,7 +273,7 @@ export class MySqlStore implements Store {
   }
 
   getKey(organizationId: string, keyId: string): Promise<KeyRecord | null> {
-    return guard(() => selectKey(this.pool, organizationId, keyId));
+    return guard(() => this.run((db) => selectKey(db, organizationId, keyId)));
   }
 
   listKeys(query: ListKeysQuery): Promise<Page<KeyRecord>> {
@@ -205,9 +294,8 @@ export class MySqlStore implements Store {
     }
     params.push(query.limit + 1);
     return guard(async () => {
-      const [rows] = await this.pool.query<KeyRow[]>(
-        `SELECT ${KEY_COLUMNS} FROM api_keys k WHERE ${where.join(" AND ")} ORDER BY k.seq DESC LIMIT ?`,
-        params,
+      const [rows] = await this.run((db) =>
+        db.query<KeyRow[]>(`SELECT ${KEY_COLUMNS} FROM api_keys k WHERE ${where.join(" AND ")} ORDER BY k.seq DESC LIMIT ?`, params),
       );
       return pageOf(rows, query.limit, toKey);
     });
@@ -216,7 +304,7 @@ export class MySqlStore implements Store {
   findByHash(hash: Buffer): Promise<VerifyRecord | null> {
     return guard(async () => {
       // A prepared statement: the hot path skips parsing on every call.
-      const [rows] = await this.pool.execute<VerifyRow[]>(FIND_BY_HASH_SQL, [hash]);
+      const [rows] = await this.run((db) => db.execute<VerifyRow[]>(FIND_BY_HASH_SQL, [hash]));
       if (rows.length === 0) return null;
       const row = rows[0];
       return {
@@ -361,13 +449,22 @@ export class MySqlStore implements Store {
     if (after !== null) params.push(BigInt(after));
     params.push(limit + 1);
     return guard(async () => {
-      const [rows] = await this.pool.query<AuditRow[]>(
-        `SELECT seq, id, organization_id, time, actor_user_id, actor_role, caller, action, key_id, details
-         FROM audit_events WHERE organization_id = ? ${after !== null ? "AND seq < ?" : ""}
-         ORDER BY seq DESC LIMIT ?`,
-        params,
+      const [rows] = await this.run((db) =>
+        db.query<AuditRow[]>(
+          `SELECT seq, id, organization_id, time, actor_user_id, actor_role, caller, action, key_id, details
+           FROM audit_events WHERE organization_id = ? ${after !== null ? "AND seq < ?" : ""}
+           ORDER BY seq DESC LIMIT ?`,
+          params,
+        ),
       );
       return pageOf(rows, limit, toAudit);
+    });
+  }
+
+  replaceSecretHash(oldHash: Buffer, newHash: Buffer): Promise<boolean> {
+    return guard(async () => {
+      const [result] = await this.run((db) => db.query<ResultSetHeader>("UPDATE key_secrets SET hash = ? WHERE hash = ?", [newHash, oldHash]));
+      return result.affectedRows === 1;
     });
   }
 
@@ -380,12 +477,52 @@ export class MySqlStore implements Store {
       params.push(keyId, toDate(time));
     }
     return guard(async () => {
-      await this.pool.query(
-        `UPDATE api_keys k JOIN (${rows.join(" UNION ALL ")}) v ON k.id = v.id
-         SET k.last_used_time = GREATEST(COALESCE(k.last_used_time, v.t), v.t)`,
-        params,
+      await this.run((db) =>
+        db.query(
+          `UPDATE api_keys k JOIN (${rows.join(" UNION ALL ")}) v ON k.id = v.id
+           SET k.last_used_time = GREATEST(COALESCE(k.last_used_time, v.t), v.t)`,
+          params,
+        ),
       );
     });
+  }
+
+  /**
+   * A connection from the pool, waiting at most QUERY_TIMEOUT_MS: when every
+   * connection is stuck, or the database cannot be reached, mysql2 alone would
+   * queue the call for good.
+   */
+  private async acquire(): Promise<TimedConnection> {
+    const pending = this.pool.getConnection();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(Object.assign(new Error("no database connection became free in time"), { code: "ETIMEDOUT" })),
+        QUERY_TIMEOUT_MS,
+      );
+    });
+    try {
+      return new TimedConnection(await Promise.race([pending, timeout]));
+    } catch (err) {
+      // A connection that turns up after the wait was given up goes straight back.
+      pending.then(
+        (conn) => conn.release(),
+        () => {},
+      );
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Runs statements outside a transaction on one connection. */
+  private async run<T>(work: (db: TimedConnection) => Promise<T>): Promise<T> {
+    const db = await this.acquire();
+    try {
+      return await work(db);
+    } finally {
+      db.release();
+    }
   }
 
   /**
@@ -393,23 +530,25 @@ export class MySqlStore implements Store {
    * as a deadlock victim. A connection that cannot even roll back is broken
    * and is dropped rather than returned to the pool.
    */
-  private async transaction<T>(work: (conn: PoolConnection) => Promise<T>): Promise<T> {
+  private async transaction<T>(work: (conn: Queryable) => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
-      const conn = await this.pool.getConnection();
+      const conn = await this.acquire();
       try {
-        await conn.beginTransaction();
+        await conn.query("START TRANSACTION");
         const result = await work(conn);
-        await conn.commit();
-        conn.release();
+        await conn.query("COMMIT");
         return result;
       } catch (err) {
-        const rolledBack = await conn.rollback().then(
-          () => true,
-          () => false,
-        );
-        if (rolledBack) conn.release();
-        else conn.destroy();
+        // A broken connection is not asked to roll back (that would wait behind the stuck
+        // statement): destroying it ends the transaction on the server.
+        if (!conn.broken) {
+          await conn.query("ROLLBACK").catch(() => {
+            conn.broken = true;
+          });
+        }
         if (errorCode(err) !== "ER_LOCK_DEADLOCK" || attempt === TRANSACTION_ATTEMPTS) throw err;
+      } finally {
+        conn.release();
       }
     }
   }

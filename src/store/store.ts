@@ -56,6 +56,18 @@ export interface Rotation {
   oldSecretExpireTime: number;
 }
 
+export interface CreatedKey {
+  key: KeyRecord;
+  /** False when an earlier create with the same requestId is returned instead. */
+  created: boolean;
+  /**
+   * Whether recording creatorRole changed the membership (a new member, or a
+   * different role), so that caches holding the creator's keys must be told.
+   * Always false when created is false.
+   */
+  memberChanged: boolean;
+}
+
 /** Keys whose state changed, so caches can be told. */
 export interface ChangedKeys {
   keyIds: string[];
@@ -74,12 +86,18 @@ export interface Store {
    * With a requestId already used in the organization, inserts nothing and
    * returns the key created first with created=false.
    */
-  createKey(input: NewKey): Promise<{ key: KeyRecord; created: boolean }>;
+  createKey(input: NewKey): Promise<CreatedKey>;
   getKey(organizationId: string, keyId: string): Promise<KeyRecord | null>;
   /** Newest first; stable under concurrent inserts. */
   listKeys(query: ListKeysQuery): Promise<Page<KeyRecord>>;
   /** The one lookup behind VerifyKey: the key (revoked or not) holding this secret hash. */
   findByHash(hash: Buffer): Promise<VerifyRecord | null>;
+  /**
+   * Replaces a secret's stored hash (pepper rotation: the hash under the
+   * previous pepper becomes the hash under the current one), keeping its key
+   * and expiry. False when no secret has oldHash (e.g. another instance did it).
+   */
+  replaceSecretHash(oldHash: Buffer, newHash: Buffer): Promise<boolean>;
 
   /** Changes the named fields. Null when the key does not exist in the organization. */
   updateKey(organizationId: string, keyId: string, patch: KeyPatch, now: number, audit: AuditRecord): Promise<KeyRecord | null>;

@@ -178,6 +178,21 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         expect((await store.findByHash(input.hash))!.memberRole).toBe(Role.MEMBER);
       });
 
+      it("says whether recording the creator's role changed the membership", async () => {
+        const org = uid("org");
+        const memberChanged = async (options: NewKeyOptions) => (await create(org, options)).memberChanged;
+        expect(await memberChanged({ creatorRole: Role.MEMBER }), "a new member").toBe(true);
+        expect(await memberChanged({ creatorRole: Role.MEMBER }), "the same role again").toBe(false);
+        expect(await memberChanged({ creatorRole: Role.ADMIN }), "a new role").toBe(true);
+        await store.setMemberRole(org, "u_creator", Role.VIEWER, T0, auditRecord(org, "member.set_role"));
+        expect(await memberChanged({ creatorRole: Role.ADMIN }), "a role set in between").toBe(true);
+        await store.removeMember(org, "u_creator", false, T0, auditRecord(org, "member.remove"));
+        expect(await memberChanged({ creatorRole: Role.ADMIN }), "re-added after removal").toBe(true);
+        expect(await memberChanged({ creatorRole: Role.ADMIN, key: { createdBy: "u_other" } }), "another user").toBe(true);
+        await create(org, { requestId: "web/once", creatorRole: Role.ADMIN });
+        expect(await memberChanged({ requestId: "web/once", creatorRole: Role.OWNER }), "a retry creates nothing").toBe(false);
+      });
+
       it("does not re-enable a switched-off organization", async () => {
         const org = uid("org");
         await store.setApiAccess(org, false, T0, auditRecord(org, "org.disable_api"));
@@ -298,6 +313,22 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const found = await store.findByHash(input.hash);
         expect(found!.key.id).toBe(key.id);
         expect(found!.key.revokeTime).toBe(T0 + MINUTE);
+      });
+    });
+
+    describe("replaceSecretHash", () => {
+      it("moves a secret to a new hash, keeping its key and grace deadline, once", async () => {
+        const org = uid("org");
+        const { input, key } = await create(org);
+        const current = secretHash();
+        await store.rotateKey(org, key.id, { newHash: current, newPreview: "p", oldSecretExpireTime: T0 + 10 * MINUTE }, T0, auditRecord(org, "key.rotate"));
+        const rehashed = secretHash();
+        expect(await store.replaceSecretHash(input.hash, rehashed)).toBe(true);
+        expect(await store.findByHash(input.hash)).toBeNull();
+        expect(await store.findByHash(rehashed)).toMatchObject({ key: { id: key.id }, secretExpireTime: T0 + 10 * MINUTE });
+        // The key's other secret is untouched; a second replacement (another instance, later) finds nothing.
+        expect((await store.findByHash(current))!.secretExpireTime).toBeNull();
+        expect(await store.replaceSecretHash(input.hash, secretHash())).toBe(false);
       });
     });
 
