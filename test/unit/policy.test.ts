@@ -25,6 +25,12 @@ describe("role policy", () => {
     expect(() => parsePolicy("delete=admin")).toThrow(/unknown rule "delete"/);
   });
 
+  it("rejects names JavaScript objects inherit and malformed parts", () => {
+    for (const bad of ["view_all=constructor", "create=__proto__", "toString=admin", "create", "create=admin=owner"]) {
+      expect(() => parsePolicy(bad), bad).toThrow();
+    }
+  });
+
   it("denies a role below the rule with PERMISSION_DENIED naming the rule", () => {
     const policy = parsePolicy(DEFAULT_POLICY);
     expect(() => requireRole(policy, "create", Role.MEMBER, "creating a key")).not.toThrow();
