@@ -2,9 +2,14 @@
 // not listening yet; only start() binds ports, so tests can start on port 0.
 import type * as http from "node:http";
 import type * as grpc from "@grpc/grpc-js";
+import { ApiKeyService } from "../gen/apikeys/v1/apikeys_pb.js";
+import { Authorization } from "../gen/envoy/service/auth/v3/external_auth_pb.js";
+import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
+import { file_google_rpc_status } from "../gen/google/rpc/status_pb.js";
 import { LocalInvalidator } from "./broadcast/local-invalidator.js";
 import { RedisBroadcast } from "./broadcast/redis-broadcast.js";
 import type { Config } from "./config.js";
+import { ExtAuthz, extAuthzBinding } from "./envoy/ext-authz.js";
 import { SecretHasher } from "./keys/hashing.js";
 import type { Invalidator } from "./keys/invalidation.js";
 import { KeyService } from "./keys/key-service.js";
@@ -17,13 +22,19 @@ import { MemoryUsageLimiter } from "./limits/memory-usage-limiter.js";
 import { RedisUsageLimiter } from "./limits/redis-usage-limiter.js";
 import type { ManagedUsageLimiter } from "./limits/usage-limiter.js";
 import { type Logger, createLogger } from "./logger.js";
+import { callObserver } from "./observability/call-observer.js";
+import { Health } from "./observability/health.js";
+import { Metrics } from "./observability/metrics.js";
+import { addReflection } from "./observability/reflection.js";
+import { RpcLog } from "./observability/rpc-log.js";
 import { MemoryStore } from "./store/memory-store.js";
 import { MySqlStore } from "./store/mysql-store.js";
 import type { Store } from "./store/store.js";
 import { CallerAuth } from "./transport/auth.js";
-import { type CallObserver, NO_OBSERVER, apiKeyBinding, organizationBinding } from "./transport/bindings.js";
+import { apiKeyBinding, organizationBinding } from "./transport/bindings.js";
 import { addBinding, createGrpcServer, listenGrpc } from "./transport/grpc-server.js";
-import { type HttpEndpoint, createHttpServer, listenHttp } from "./transport/http-server.js";
+import { createHttpServer, listenHttp } from "./transport/http-server.js";
+import { grpcServerCredentials } from "./transport/tls.js";
 
 export interface AppOverrides {
   store?: Store;
@@ -48,6 +59,9 @@ export interface App {
   readonly limiter: ManagedUsageLimiter;
   readonly grpcServer: grpc.Server;
   readonly httpServer: http.Server;
+  /** Serving state for gRPC health checking and /readyz. */
+  readonly health: Health;
+  readonly metrics: Metrics;
   /** Binds both ports (0 = any free port) and starts background work. */
   start(): Promise<{ grpcPort: number; httpPort: number }>;
   /** Stops accepting, drains in-flight calls, flushes last-used times and consumed credits, closes the store. */
@@ -65,7 +79,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const logger = overrides.logger ?? createLogger(config.logLevel);
   const now = overrides.now ?? Date.now;
   const store = overrides.store ?? (await openStore(config));
-  const hasher = new SecretHasher(config.pepper);
+  const hasher = new SecretHasher(config.pepper, config.previousPepper);
   const cache =
     config.cacheMaxEntries > 0
       ? new VerifyCache({ maxEntries: config.cacheMaxEntries, ttlMs: config.cacheTtlMs, negativeTtlMs: config.negativeCacheTtlMs })
@@ -100,26 +114,35 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const auth = new CallerAuth(config.callers, config.allowUnauthenticated);
   const bindings = [apiKeyBinding(keys, verifier), organizationBinding(organizations)];
   const onInternal = (err: unknown, method: string) => logger.error({ err, method }, "internal error");
-  const observer: CallObserver = NO_OBSERVER;
+  const metrics = new Metrics({
+    verifier,
+    cache,
+    broadcast,
+    lastUsed,
+    pool: store instanceof MySqlStore ? store : null,
+  });
+  // Answered verifications, from callers and from Envoy, are the hot path: logged at debug only (see rpc-log.ts).
+  const rpcLog = new RpcLog(
+    logger,
+    new Set([ApiKeyService.method.verifyKey, Authorization.method.check].map((m) => `/${m.parent.typeName}/${m.name}`)),
+  );
+  const observer = callObserver(metrics, rpcLog);
+  // What the gRPC port serves (ext_authz is there only), for health checking and reflection.
+  const grpcServices = [...bindings.map((b) => b.service), Authorization];
+  const health = new Health({ store, services: grpcServices.map((s) => s.typeName), logger, pollMs: config.healthPollMs });
 
+  // Built now, so unreadable or mismatched certificate files fail buildApp rather than start().
+  const grpcCredentials = grpcServerCredentials(config.tls);
   const grpcServer = createGrpcServer({ maxMessageBytes: config.maxMessageBytes });
   for (const binding of bindings) addBinding(grpcServer, binding, auth, onInternal, observer);
+  // Envoy ext_authz: on the gRPC port only (Envoy calls it over gRPC); Envoy needs "verify" access.
+  const extAuthz = new ExtAuthz({ verifier, scopesHeader: config.extAuthzScopesHeader, now });
+  addBinding(grpcServer, extAuthzBinding(extAuthz), auth, onInternal, observer);
+  health.addToServer(grpcServer);
+  // The error-details files too, so grpcurl can decode the google.rpc.ErrorInfo of a failed call.
+  addReflection(grpcServer, [...new Set(grpcServices.map((s) => s.file)), file_google_rpc_status, file_google_rpc_error_details]);
 
-  const endpoints: HttpEndpoint[] = [
-    (req, res) => {
-      if (req.url !== "/healthz") return false;
-      res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
-      return true;
-    },
-    (req, res) => {
-      if (req.url !== "/readyz") return false;
-      store.ping().then(
-        () => res.writeHead(200, { "content-type": "text/plain" }).end("ready\n"),
-        () => res.writeHead(503, { "content-type": "text/plain" }).end("database unavailable\n"),
-      );
-      return true;
-    },
-  ];
+  const endpoints = [...health.endpoints(), metrics.endpoint()];
   const httpServer = createHttpServer({
     bindings,
     auth,
@@ -143,16 +166,21 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     limiter,
     grpcServer,
     httpServer,
+    health,
+    metrics,
     async start() {
       await broadcast?.start();
       await limiter.start();
-      const grpcPort = await listenGrpc(grpcServer, config.host, config.grpcPort);
+      await health.start();
+      const grpcPort = await listenGrpc(grpcServer, config.host, config.grpcPort, grpcCredentials);
       const httpPort = await listenHttp(httpServer, config.host, config.httpPort);
       lastUsed.start();
       return { grpcPort, httpPort };
     },
     stop() {
       stopped ??= (async () => {
+        // Health first, so load balancers stop sending calls while the rest drains.
+        health.beginShutdown();
         await Promise.all([
           new Promise<void>((resolve) => {
             const force = setTimeout(() => grpcServer.forceShutdown(), config.shutdownGraceMs);
@@ -164,11 +192,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
           new Promise<void>((resolve) => {
             if (!httpServer.listening) return resolve();
             const force = setTimeout(() => httpServer.closeAllConnections(), config.shutdownGraceMs);
+            // A keep-alive connection busy now turns idle when its call ends, and Node would
+            // then keep it open for keepAliveTimeout: close idle ones as they appear.
+            const sweep = setInterval(() => httpServer.closeIdleConnections(), 50);
             httpServer.close(() => {
               clearTimeout(force);
+              clearInterval(sweep);
               resolve();
             });
-            httpServer.closeIdleConnections();
           }),
         ]);
         await lastUsed.stop();

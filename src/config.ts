@@ -3,6 +3,7 @@
 import { isValidPrefix } from "./keys/key-format.js";
 import { DEFAULT_POLICY, type KeyPolicy, parsePolicy } from "./keys/policy.js";
 import type { Access, CallerConfig } from "./transport/auth.js";
+import type { TlsConfig } from "./transport/tls.js";
 
 export interface Config {
   /** Dev mode: in-memory store, in-process bus, demo data, no secrets required. */
@@ -13,10 +14,14 @@ export interface Config {
   mysqlUrl: string;
   redisUrl: string;
   pepper: string;
+  /** The pepper before the last rotation: hashes made with it are found and re-hashed (see src/keys/hashing.ts). */
+  previousPepper: string | null;
   defaultPrefix: string;
   policy: KeyPolicy;
   callers: CallerConfig[];
   allowUnauthenticated: boolean;
+  /** TLS (and, with a client CA, mutual TLS) on the gRPC port; null = plaintext. */
+  tls: TlsConfig | null;
   cacheMaxEntries: number;
   cacheTtlMs: number;
   negativeCacheTtlMs: number;
@@ -27,7 +32,11 @@ export interface Config {
   creditFlushMs: number;
   maxMessageBytes: number;
   shutdownGraceMs: number;
+  /** How often the database is pinged for health checking (see src/observability/health.ts). */
+  healthPollMs: number;
   logLevel: string;
+  /** Envoy ext_authz: the request header (lower case) that names the required scopes; "" = none (see src/envoy/ext-authz.ts). */
+  extAuthzScopesHeader: string;
 }
 
 export class ConfigError extends Error {}
@@ -51,6 +60,13 @@ function bool(env: Env, name: string): boolean {
   throw new ConfigError(`${name} must be true or false, got "${env[name]}"`);
 }
 
+function headerName(env: Env, name: string): string {
+  const raw = (env[name] ?? "").trim().toLowerCase();
+  // RFC 9110 token characters.
+  if (raw !== "" && !/^[a-z0-9!#$%&'*+.^_`|~-]+$/.test(raw)) throw new ConfigError(`${name} must be an HTTP header name, got "${env[name]}"`);
+  return raw;
+}
+
 function parseCallers(raw: string | undefined): CallerConfig[] {
   if (!raw) return [];
   let parsed: unknown;
@@ -61,19 +77,60 @@ function parseCallers(raw: string | undefined): CallerConfig[] {
   }
   if (!Array.isArray(parsed)) throw new ConfigError("CALLERS must be a JSON list of callers");
   const names = new Set<string>();
-  return parsed.map((c, i) => {
-    const { name, token, allow } = (c ?? {}) as Record<string, unknown>;
-    if (typeof name !== "string" || name === "") throw new ConfigError(`CALLERS[${i}].name must be a non-empty string`);
+  const tokens = new Set<string>();
+  const certIdentities = new Set<string>();
+  return parsed.map((c, i): CallerConfig => {
+    if (typeof c !== "object" || c === null || Array.isArray(c)) throw new ConfigError(`CALLERS[${i}] must be an object`);
+    const { name, token, cert_identity: certIdentity, allow, ...unknown } = c as Record<string, unknown>;
+    // A misspelt field would otherwise be ignored silently, e.g. a caller allowed less or more than meant.
+    const extra = Object.keys(unknown);
+    if (extra.length > 0) throw new ConfigError(`CALLERS[${i}]: unknown field "${extra[0]}" (known: name, token, cert_identity, allow)`);
+    // The name is recorded in audit events and used as a metrics label: short and printable.
+    if (typeof name !== "string" || !CALLER_NAME.test(name)) {
+      throw new ConfigError(`CALLERS[${i}].name must be 1 to 64 letters, digits, ".", "_" or "-"`);
+    }
     if (names.has(name)) throw new ConfigError(`CALLERS: the name "${name}" is used twice`);
     names.add(name);
-    if (typeof token !== "string" || token.length < 16) {
-      throw new ConfigError(`CALLERS[${i}] ("${name}"): token must be a string of at least 16 characters`);
+    if (token === undefined && certIdentity === undefined) {
+      throw new ConfigError(`CALLERS[${i}] ("${name}"): needs a token, a cert_identity, or both`);
+    }
+    if (token !== undefined) {
+      if (typeof token !== "string" || token.length < 16 || /\s/.test(token)) {
+        throw new ConfigError(`CALLERS[${i}] ("${name}"): token must be a string of at least 16 characters without spaces`);
+      }
+      // Two callers with one token would be one caller with whichever rights were read last.
+      if (tokens.has(token)) throw new ConfigError(`CALLERS[${i}] ("${name}"): token is the same as an earlier caller's`);
+      tokens.add(token);
+    }
+    if (certIdentity !== undefined) {
+      if (typeof certIdentity !== "string" || !CERT_IDENTITY.test(certIdentity)) {
+        throw new ConfigError(`CALLERS[${i}] ("${name}"): cert_identity must be "CN=<common name>", "DNS:<name>" or "URI:<uri>"`);
+      }
+      if (certIdentities.has(certIdentity)) {
+        throw new ConfigError(`CALLERS[${i}] ("${name}"): cert_identity "${certIdentity}" is used twice`);
+      }
+      certIdentities.add(certIdentity);
     }
     if (!Array.isArray(allow) || allow.length === 0 || !allow.every((a) => a === "manage" || a === "verify")) {
       throw new ConfigError(`CALLERS[${i}] ("${name}"): allow must list "manage" and/or "verify"`);
     }
-    return { name, token, allow: allow as Access[] };
+    return { name, allow: allow as Access[], ...(token !== undefined && { token }), ...(certIdentity !== undefined && { certIdentity }) };
   });
+}
+
+const CALLER_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+const CERT_IDENTITY = /^(CN=|DNS:|URI:)\S.{0,254}$/;
+
+function tlsConfig(env: Env): TlsConfig | null {
+  const certFile = env.TLS_CERT_FILE || "";
+  const keyFile = env.TLS_KEY_FILE || "";
+  const clientCaFile = env.TLS_CLIENT_CA_FILE || "";
+  if (certFile === "" && keyFile === "") {
+    if (clientCaFile !== "") throw new ConfigError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE (the server's own certificate)");
+    return null;
+  }
+  if (certFile === "" || keyFile === "") throw new ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together");
+  return { certFile, keyFile, clientCaFile: clientCaFile === "" ? null : clientCaFile };
 }
 
 export function loadConfig(env: Env, options: { dev: boolean }): Config {
@@ -81,6 +138,9 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
   const pepper = env.KEY_PEPPER ?? (dev ? DEV_PEPPER : "");
   if (pepper === "") throw new ConfigError("KEY_PEPPER is required outside dev mode (a random secret of at least 16 characters)");
   if (pepper.length < 16) throw new ConfigError("KEY_PEPPER must be at least 16 characters");
+  const previousPepper = env.KEY_PEPPER_PREVIOUS || null;
+  if (previousPepper !== null && previousPepper.length < 16) throw new ConfigError("KEY_PEPPER_PREVIOUS must be at least 16 characters");
+  if (previousPepper === pepper) throw new ConfigError("KEY_PEPPER_PREVIOUS must differ from KEY_PEPPER");
   const defaultPrefix = env.DEFAULT_KEY_PREFIX || "sk";
   if (!isValidPrefix(defaultPrefix)) throw new ConfigError("DEFAULT_KEY_PREFIX must match [a-z][a-z0-9_]{0,15}");
   let policy: KeyPolicy;
@@ -90,6 +150,11 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     throw new ConfigError((err as Error).message);
   }
   const callers = parseCallers(env.CALLERS);
+  const tls = tlsConfig(env);
+  const byCert = callers.find((c) => c.certIdentity !== undefined);
+  if (byCert && !tls?.clientCaFile) {
+    throw new ConfigError(`CALLERS: "${byCert.name}" has a cert_identity, which needs mutual TLS: set TLS_CLIENT_CA_FILE (and TLS_CERT_FILE, TLS_KEY_FILE)`);
+  }
   const allowUnauthenticated = dev ? callers.length === 0 : bool(env, "ALLOW_UNAUTHENTICATED_CALLERS");
   if (!dev && callers.length === 0 && !allowUnauthenticated) {
     throw new ConfigError(
@@ -104,10 +169,12 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     mysqlUrl: env.MYSQL_URL || "mysql://root@127.0.0.1:3306/apikeys",
     redisUrl: env.REDIS_URL || "redis://127.0.0.1:6379",
     pepper,
+    previousPepper,
     defaultPrefix,
     policy,
     callers,
     allowUnauthenticated,
+    tls,
     cacheMaxEntries: int(env, "CACHE_MAX_ENTRIES", 100_000, 0, 10_000_000),
     cacheTtlMs: int(env, "CACHE_TTL_SECONDS", 300, 1, 86_400) * 1000,
     negativeCacheTtlMs: int(env, "NEGATIVE_CACHE_TTL_SECONDS", 30, 1, 3600) * 1000,
@@ -116,6 +183,8 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     creditFlushMs: int(env, "CREDIT_FLUSH_SECONDS", 5, 1, 3600) * 1000,
     maxMessageBytes: int(env, "MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
     shutdownGraceMs: int(env, "SHUTDOWN_GRACE_SECONDS", 10, 0, 600) * 1000,
+    healthPollMs: int(env, "HEALTH_POLL_MS", 2000, 100, 60_000),
     logLevel: env.LOG_LEVEL || "info",
+    extAuthzScopesHeader: headerName(env, "EXT_AUTHZ_SCOPES_HEADER"),
   };
 }

@@ -4,10 +4,14 @@ import { pino, type Logger } from "pino";
 
 export type { Logger };
 
-export function createLogger(level: string): Logger {
-  return pino({
-    level,
-    base: { service: "apikeys" },
-    redact: { paths: ["key", "secret", "token", "pepper", "*.key", "*.secret", "*.token", "*.pepper", "authorization"], censor: "[redacted]" },
-  });
+/** `destination` defaults to stdout; tests pass one to read every line the service writes. */
+export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
+  return pino(
+    {
+      level,
+      base: { service: "apikeys" },
+      redact: { paths: ["key", "secret", "token", "pepper", "*.key", "*.secret", "*.token", "*.pepper", "authorization"], censor: "[redacted]" },
+    },
+    destination,
+  );
 }

@@ -4,6 +4,9 @@ import { type App, buildApp, openStore } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { CreateKeyRequestSchema, Role } from "../gen/apikeys/v1/apikeys_pb.js";
 
+/** After the grace period, how long the last writes (last-used, credits) and closing pools may take. */
+const SHUTDOWN_FLUSH_MS = 5000;
+
 async function printDemo(app: App, httpPort: number, grpcPort: number): Promise<void> {
   const { key, secret } = await app.keys.createKey(
     create(CreateKeyRequestSchema, {
@@ -20,7 +23,7 @@ async function printDemo(app: App, httpPort: number, grpcPort: number): Promise<
       "",
       "apikeys is running in dev mode (in-memory store: nothing is kept after exit).",
       `  gRPC  ${host}:${grpcPort}   (apikeys.v1.ApiKeyService)`,
-      `  HTTP  http://${host}:${httpPort}   (Connect/JSON, gRPC-Web, /healthz)`,
+      `  HTTP  http://${host}:${httpPort}   (Connect/JSON, gRPC-Web, /healthz, /readyz, /metrics)`,
       "",
       `Demo key (organization org_demo, id ${key?.id}, scope documents:read):`,
       `  ${secret}`,
@@ -53,9 +56,19 @@ async function main(): Promise<void> {
   const shutdown = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    app.logger.info({ signal }, "shutting down");
+    const started = Date.now();
+    app.logger.info({ signal, graceMs: config.shutdownGraceMs }, "shutting down");
+    // stop() forces the ports closed after the grace period, but the final writes
+    // could still hang on a dead database: exit rather than linger half-stopped.
+    setTimeout(() => {
+      app.logger.error("shutdown did not finish in time; exiting");
+      process.exit(1);
+    }, config.shutdownGraceMs + SHUTDOWN_FLUSH_MS).unref();
     app.stop().then(
-      () => process.exit(0),
+      () => {
+        app.logger.info({ durationMs: Date.now() - started }, "stopped");
+        process.exit(0);
+      },
       (err) => {
         app.logger.error({ err }, "shutdown failed");
         process.exit(1);

@@ -1,9 +1,13 @@
 // Input rules for every request, in one place. Each failure is an
 // INVALID_ARGUMENT naming the field, raised before anything is written.
+// Every string, list and map has a maximum here (and the whole message has
+// MAX_MESSAGE_BYTES at the transport); every number a range; enums only
+// their known values. These rules stay in code rather than as protovalidate
+// annotations in the proto: see "Input limits" in the README.
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { type Actor, type Limits, Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { invalidArgument } from "./errors.js";
-import { isValidPrefix } from "./key-format.js";
+import { isValidPrefix, isWellFormed } from "./key-format.js";
 import type { LimitsRecord } from "./records.js";
 
 export const LIMITS = {
@@ -21,6 +25,8 @@ export const LIMITS = {
   maxPageSize: 1000,
   pageTokenLength: 512,
   maxGraceMs: 30 * 24 * 3600 * 1000,
+  /** Any duration (a ttl): far beyond real use, and small enough that now + it is still a valid timestamp. */
+  maxDurationMs: 100 * 365.25 * 24 * 3600 * 1000,
   maxCredits: Number.MAX_SAFE_INTEGER,
 } as const;
 
@@ -38,6 +44,29 @@ export function optionalId(field: string, value: string): string {
   if (value.length > LIMITS.idLength) throw invalidArgument(field, `must be at most ${LIMITS.idLength} characters`);
   if (value !== "" && !ID_PATTERN.test(value)) {
     throw invalidArgument(field, "may contain only letters, digits and . _ : @ | / + = -");
+  }
+  return refuseSecret(field, value);
+}
+
+// The tail of a key: "_", 32 random and 6 checksum base62 characters, not followed by more.
+const KEY_TAIL = /_[0-9A-Za-z]{38}(?![0-9A-Za-z])/g;
+const MAX_PREFIX = 16;
+
+/**
+ * Refuses a value that contains a well-formed API key — a secret pasted into
+ * the wrong field (a key id, a name, a reason) — so that it is never stored,
+ * audited, logged or echoed in an error. The checksum makes a false alarm
+ * about one in four billion.
+ */
+function refuseSecret(field: string, value: string): string {
+  if (value.length < 40) return value;
+  for (const m of value.matchAll(KEY_TAIL)) {
+    const end = m.index + m[0].length;
+    for (let start = Math.max(0, m.index - MAX_PREFIX); start < m.index; start++) {
+      if (isWellFormed(value.slice(start, end))) {
+        throw invalidArgument(field, "contains an API key secret; secrets are never stored, so it is refused (and not repeated here)");
+      }
+    }
   }
   return value;
 }
@@ -57,7 +86,7 @@ export function requireRoleValue(field: string, role: Role): Role {
 export function checkText(field: string, value: string, max: number): string {
   if (value.length > max) throw invalidArgument(field, `must be at most ${max} characters`);
   if (/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/.test(value)) throw invalidArgument(field, "must not contain control characters");
-  return value;
+  return refuseSecret(field, value);
 }
 
 export function checkPrefix(prefix: string): string {
@@ -74,6 +103,7 @@ export function checkScopes(field: string, scopes: readonly string[]): string[] 
     if (s.length === 0 || s.length > LIMITS.scopeLength) {
       throw invalidArgument(field, `each scope must be 1 to ${LIMITS.scopeLength} characters`);
     }
+    refuseSecret(field, s);
     if (!SCOPE_PATTERN.test(s)) {
       throw invalidArgument(field, `"${s}" is not a scope (e.g. "documents:read", "documents:*")`);
     }
@@ -88,7 +118,9 @@ export function checkMetadata(field: string, metadata: Record<string, string>): 
     if (k.length === 0 || k.length > LIMITS.metadataKeyLength) {
       throw invalidArgument(field, `keys must be 1 to ${LIMITS.metadataKeyLength} characters`);
     }
-    checkText(`${field}["${k.slice(0, LIMITS.metadataKeyLength)}"]`, v, LIMITS.metadataValueLength);
+    // The key is checked first, so that the field name in a message about its value is printable and no secret.
+    checkText(`${field} keys`, k, LIMITS.metadataKeyLength);
+    checkText(`${field}["${k}"]`, v, LIMITS.metadataValueLength);
   }
   return { ...metadata };
 }
@@ -115,8 +147,10 @@ export function checkPageSize(size: number): number {
 
 export function durationMs(field: string, d: Duration | undefined): number {
   if (!d) return 0;
+  if (d.seconds < 0n || d.nanos < 0) throw invalidArgument(field, "must not be negative");
+  if (d.nanos > 999_999_999) throw invalidArgument(field, "nanos must be at most 999999999");
   const ms = Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6);
-  if (!Number.isFinite(ms) || ms < 0 || d.nanos < 0) throw invalidArgument(field, "must not be negative");
+  if (ms > LIMITS.maxDurationMs) throw invalidArgument(field, "must be at most 100 years");
   return ms;
 }
 

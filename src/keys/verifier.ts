@@ -15,6 +15,7 @@ import { ApiError, invalidArgument, unavailable } from "./errors.js";
 import type { SecretHasher } from "./hashing.js";
 import { isWellFormed } from "./key-format.js";
 import type { LastUsedTracker } from "./last-used.js";
+import type { VerifyRecord } from "./records.js";
 import { LIMITS } from "./validation.js";
 import { type CacheValue, UNKNOWN, type VerifyCache, type VerifyEntry, buildEntry } from "./verify-cache.js";
 
@@ -33,6 +34,8 @@ export interface VerifierOptions {
 export class VerifyStats {
   readonly byCode = new Float64Array(16);
   malformed = 0;
+  /** Secrets moved from the previous pepper's hash to the current one (pepper rotation). */
+  rehashed = 0;
 }
 
 // Frozen: shared by every caller (see VerifyEntry.responses).
@@ -87,7 +90,8 @@ export class Verifier {
     const generation = cache ? cache.generation : 0;
     let value: CacheValue;
     try {
-      const record = await this.store.findByHash(Buffer.from(hashKey, "latin1"));
+      const hash = Buffer.from(hashKey, "latin1");
+      const record = (await this.store.findByHash(hash)) ?? (await this.findUnderPreviousPepper(req.key, hash));
       value = record === null ? UNKNOWN : buildEntry(record, this.now());
     } catch (err) {
       // Never "not found" because a dependency failed.
@@ -95,6 +99,19 @@ export class Verifier {
     }
     cache?.set(hashKey, value, generation, this.now());
     return this.answer(value, req);
+  }
+
+  /**
+   * During a pepper rotation (see SecretHasher): a secret stored under the
+   * previous pepper is found by its old hash and moved to the current one,
+   * so each key costs the second lookup once. Only misses pay for it.
+   */
+  private async findUnderPreviousPepper(secret: string, hash: Buffer): Promise<VerifyRecord | null> {
+    const previous = this.hasher.previousHash(secret);
+    if (previous === null) return null;
+    const record = await this.store.findByHash(previous);
+    if (record !== null && (await this.store.replaceSecretHash(previous, hash))) this.stats.rehashed++;
+    return record;
   }
 
   private answer(entry: CacheValue, req: VerifyKeyRequest): VerifyKeyResponse | Promise<VerifyKeyResponse> {

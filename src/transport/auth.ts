@@ -1,7 +1,9 @@
 // Service callers: who may call this service at all, and which half of it.
-// Callers send `authorization: Bearer <token>` (gRPC metadata or HTTP header).
-// Tokens are looked up by their SHA-256, so the comparison never depends on
-// how much of a guessed token is right, and no token is kept in a map.
+// A caller proves who it is with a bearer token (`authorization: Bearer
+// <token>`, gRPC metadata or HTTP header, both ports) or, on the gRPC port
+// with mutual TLS, with its client certificate (see tls.ts). Tokens are
+// looked up by their SHA-256, so the comparison never depends on how much of
+// a guessed token is right, and no token is kept in a map.
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { CallContext } from "../keys/call-context.js";
 import { ApiError, Status } from "../keys/errors.js";
@@ -10,7 +12,13 @@ export type Access = "manage" | "verify";
 
 export interface CallerConfig {
   name: string;
-  token: string;
+  /** Bearer token; absent for a caller that authenticates by certificate only. */
+  token?: string;
+  /**
+   * The client-certificate identity that is this caller, in the form
+   * `CN=<subject common name>`, `DNS:<DNS SAN>` or `URI:<URI SAN>`.
+   */
+  certIdentity?: string;
   allow: Access[];
 }
 
@@ -20,6 +28,11 @@ export interface Caller {
   /** Built once per caller, handed to every call it makes. */
   readonly context: CallContext;
 }
+
+/** The identities the verified client certificate of a call vouches for (empty without one). */
+export type PeerIdentities = () => readonly string[];
+
+const NO_PEER: PeerIdentities = () => [];
 
 function caller(name: string, allow: Access[]): Caller {
   return { name, allow: new Set(allow), context: { caller: name } };
@@ -33,23 +46,30 @@ function digest(token: string): Buffer {
 
 export class CallerAuth {
   private readonly byDigest = new Map<string, { digest: Buffer; caller: Caller }>();
+  private readonly byCertIdentity = new Map<string, Caller>();
   private readonly allowAnonymous: boolean;
 
   constructor(callers: CallerConfig[], allowUnauthenticated: boolean) {
     for (const c of callers) {
-      const d = digest(c.token);
-      this.byDigest.set(d.toString("latin1"), { digest: d, caller: caller(c.name, c.allow) });
+      const entry = caller(c.name, c.allow);
+      if (c.token !== undefined) {
+        const d = digest(c.token);
+        this.byDigest.set(d.toString("latin1"), { digest: d, caller: entry });
+      }
+      if (c.certIdentity !== undefined) this.byCertIdentity.set(c.certIdentity, entry);
     }
     this.allowAnonymous = allowUnauthenticated && callers.length === 0;
   }
 
   /**
-   * The caller behind an authorization header value, allowed `access`.
-   * Throws UNAUTHENTICATED (no or unknown token) or PERMISSION_DENIED.
+   * The caller behind a call, allowed `access`: by its bearer token when it
+   * sends one (an unknown token is refused even with a valid certificate),
+   * otherwise by its client certificate. Throws UNAUTHENTICATED (no or
+   * unknown credentials) or PERMISSION_DENIED.
    */
-  authorize(authorization: string | undefined, access: Access): Caller {
+  authorize(authorization: string | undefined, access: Access, peer: PeerIdentities = NO_PEER): Caller {
     if (this.allowAnonymous) return ANONYMOUS;
-    const caller = this.authenticate(authorization);
+    const caller = authorization ? this.byToken(authorization) : this.byCertificate(peer());
     if (!caller.allow.has(access)) {
       throw new ApiError(
         Status.PERMISSION_DENIED,
@@ -61,14 +81,23 @@ export class CallerAuth {
     return caller;
   }
 
-  private authenticate(authorization: string | undefined): Caller {
-    if (!authorization) throw unauthenticated("missing authorization: send `authorization: Bearer <token>`");
+  private byToken(authorization: string): Caller {
     const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
     if (!match) throw unauthenticated("authorization must be `Bearer <token>`");
     const d = digest(match[1]);
     const found = this.byDigest.get(d.toString("latin1"));
     if (!found || !timingSafeEqual(found.digest, d)) throw unauthenticated("unknown caller token");
     return found.caller;
+  }
+
+  private byCertificate(identities: readonly string[]): Caller {
+    if (identities.length === 0) throw unauthenticated("missing authorization: send `authorization: Bearer <token>`");
+    for (const identity of identities) {
+      const found = this.byCertIdentity.get(identity);
+      if (found) return found;
+    }
+    // Certificate identities are not secrets, and naming them tells an operator which entry is missing.
+    throw unauthenticated(`no caller is configured for the client certificate (${identities.join(", ")})`);
   }
 }
 

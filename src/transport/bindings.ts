@@ -23,8 +23,20 @@ export type Handlers<S extends GenServiceMethods> = { [M in keyof S]: Handler<S[
  * runs on the hot path: implementations must be cheap and must not throw.
  */
 export interface CallObserver {
-  /** `code` is the gRPC status code (0 = OK); `startedAt` is a performance.now() reading. */
-  finished(path: string, code: number, startedAt: number, caller: string, protocol: "grpc" | "connect"): void;
+  /**
+   * `code` is the gRPC status code (0 = OK); `startedAt` is a performance.now() reading;
+   * `headers` are the call's request headers, passed as the transport has them so
+   * that reading one (e.g. x-request-id) costs nothing unless the observer needs it.
+   */
+  finished(path: string, code: number, startedAt: number, caller: string, protocol: "grpc" | "connect", headers: RequestHeaders): void;
+}
+
+/**
+ * Request headers as either transport has them: grpc-js Metadata (get returns
+ * a list of values) or Fetch API Headers (get returns a string or null).
+ */
+export interface RequestHeaders {
+  get(name: string): unknown;
 }
 
 export const NO_OBSERVER: CallObserver = { finished() {} };

@@ -3,10 +3,11 @@
 // RPC to the proto and a handler to a binding is all it takes.
 import { type DescMessage, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { invalidArgument } from "../keys/errors.js";
+import { ApiError, Status, invalidArgument } from "../keys/errors.js";
 import type { CallerAuth } from "./auth.js";
 import type { CallObserver, ServiceBinding } from "./bindings.js";
 import { type InternalErrorSink, toGrpcError } from "./errors.js";
+import { peerIdentities } from "./tls.js";
 
 /** Marks a request that could not be decoded, so the handler can answer INVALID_ARGUMENT. */
 const UNDECODABLE = Symbol("undecodable");
@@ -94,15 +95,18 @@ export function addBinding(
       let callerName = "";
       const fail = (err: unknown) => {
         const status = toGrpcError(err, path, onInternal);
-        observer.finished(path, status.code as number, startedAt, callerName, "grpc");
+        observer.finished(path, status.code as number, startedAt, callerName, "grpc", call.metadata);
         callback(status);
       };
       let result: unknown;
       try {
-        if (call.request === UNDECODABLE) throw invalidArgument("request", "is not a valid protobuf message");
+        // Authentication first: an unknown caller learns nothing, not even whether its request was well-formed.
         const header = call.metadata.get("authorization");
-        const caller = auth.authorize(header.length > 0 ? String(header[0]) : undefined, access);
+        const caller = auth.authorize(header.length > 0 ? String(header[0]) : undefined, access, () => peerIdentities(call));
         callerName = caller.name;
+        if (call.request === UNDECODABLE) throw invalidArgument("request", "is not a valid protobuf message");
+        // A call whose deadline passed (or that the client gave up on) while queued must not start writing.
+        if (call.cancelled || Number(call.getDeadline()) <= Date.now()) throw deadlineExceeded();
         result = handler(call.request, caller.context);
       } catch (err) {
         fail(err);
@@ -110,16 +114,20 @@ export function addBinding(
       }
       if (result instanceof Promise) {
         result.then((res) => {
-          observer.finished(path, 0, startedAt, callerName, "grpc");
+          observer.finished(path, 0, startedAt, callerName, "grpc", call.metadata);
           callback(null, res);
         }, fail);
       } else {
-        observer.finished(path, 0, startedAt, callerName, "grpc");
+        observer.finished(path, 0, startedAt, callerName, "grpc", call.metadata);
         callback(null, result);
       }
     };
   }
   server.addService(definition, implementation);
+}
+
+function deadlineExceeded(): ApiError {
+  return new ApiError(Status.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "the call's deadline passed before it started; nothing was done");
 }
 
 /** Binds and starts listening; resolves with the bound port (useful with port 0). */

@@ -34,11 +34,11 @@ function routes(bindings: ServiceBinding[], auth: CallerAuth, onInternal: Intern
             const caller = auth.authorize(ctx.requestHeader.get("authorization") ?? undefined, access);
             callerName = caller.name;
             const res = await handler(req, caller.context);
-            observer.finished(path, 0, startedAt, callerName, "connect");
+            observer.finished(path, 0, startedAt, callerName, "connect", ctx.requestHeader);
             return res;
           } catch (err) {
             const error = toConnectError(err, path, onInternal);
-            observer.finished(path, error.code, startedAt, callerName, "connect");
+            observer.finished(path, error.code, startedAt, callerName, "connect", ctx.requestHeader);
             throw error;
           }
         };

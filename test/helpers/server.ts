@@ -8,6 +8,7 @@ import * as grpc from "@grpc/grpc-js";
 import { ApiKeyService, OrganizationService } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { type App, buildApp } from "../../src/app.js";
 import { loadConfig } from "../../src/config.js";
+import type { Logger } from "../../src/logger.js";
 import type { Store } from "../../src/store/store.js";
 import { serviceDefinition } from "../../src/transport/grpc-server.js";
 import { type TestDatabase, freshDatabase } from "./mysql.js";
@@ -37,6 +38,8 @@ export interface StartOptions {
   databaseUrl?: string;
   /** Make this instance slow to read its Redis subscription (see RedisBroadcastOptions). */
   broadcastDeliveryDelayMs?: number;
+  /** Capture the service's logs (the default logger writes to stdout at LOG_LEVEL). */
+  logger?: Logger;
 }
 
 export async function startServer(options: StartOptions = {}): Promise<TestServer> {
@@ -58,6 +61,7 @@ export async function startServer(options: StartOptions = {}): Promise<TestServe
     store: options.store,
     now: options.now,
     broadcastDeliveryDelayMs: options.broadcastDeliveryDelayMs,
+    logger: options.logger,
   });
   const { grpcPort, httpPort } = await app.start();
   const baseUrl = `http://127.0.0.1:${httpPort}`;
@@ -95,10 +99,11 @@ export class GrpcClient<S extends DescService> {
   constructor(
     private readonly service: S,
     address: string,
+    credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
   ) {
     this.definition = serviceDefinition(service);
     const Ctor = grpc.makeGenericClientConstructor(this.definition as grpc.ServiceDefinition, service.typeName);
-    this.client = new Ctor(address, grpc.credentials.createInsecure());
+    this.client = new Ctor(address, credentials);
   }
 
   /** Calls a unary method by local name (e.g. "verifyKey"); rejects with a grpc ServiceError. */

@@ -1,0 +1,155 @@
+// The processes a bench run starts: servers under test (bench/server.ts), a
+// private redis-server, and the Node load generator (bench/loadgen.ts).
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { Redis } from "ioredis";
+import type { ServerStats } from "./server.js";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+/**
+ * Compiles the server and load generator (and the service) into dist/, as
+ * `npm run build` does. Compiled JavaScript, not tsx: served from the
+ * compiled build, the no-op baseline answered about a fifth more calls per
+ * second than the same server run through tsx (alternating runs, same
+ * machine). Fails on type errors: code that does not build cannot ship, so
+ * its numbers mean nothing.
+ */
+export function buildBench(): void {
+  const tsc = spawnSync("npx", ["--no-install", "tsc", "-p", "bench/tsconfig.json"], { cwd: ROOT, encoding: "utf8" });
+  if (tsc.status !== 0) throw new Error(`building the bench failed:\n${tsc.stdout}${tsc.stderr}`);
+}
+
+/** Node's arguments to run a compiled bench script (see buildBench). */
+export function nodeArgs(script: "server" | "loadgen", extraNodeArgs: string[] = []): string[] {
+  return [...extraNodeArgs, join(ROOT, "dist", "bench", `${script}.js`)];
+}
+
+export interface ServerChild {
+  readonly grpcPort: number;
+  readonly httpPort: number;
+  readonly pid: number;
+  readonly target: string;
+  stats(): Promise<ServerStats>;
+  /** Graceful stop: in-flight calls drain, last-used times flush, a CPU profile is written. */
+  stop(): Promise<void>;
+}
+
+export interface ServerOptions {
+  env: Record<string, string>;
+  /** Write a V8 CPU profile (node --cpu-prof) into this directory on stop. */
+  cpuProfileDir?: string;
+}
+
+/** Starts bench/server.ts in `mode` and waits until it listens. */
+export async function startServer(mode: "service" | "baseline", options: ServerOptions): Promise<ServerChild> {
+  const profile = options.cpuProfileDir ? ["--cpu-prof", `--cpu-prof-dir=${options.cpuProfileDir}`] : [];
+  const child = spawn(process.execPath, [...nodeArgs("server", profile), mode], {
+    // Nothing from the bench's own environment: the server is configured by the bench alone.
+    env: { PATH: process.env.PATH ?? "", ...options.env },
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  const replies: ((line: Record<string, unknown>) => void)[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+  const ready = new Promise<Record<string, unknown>>((resolve, reject) => {
+    replies.push(resolve);
+    exited.then((code) => reject(new Error(`bench server (${mode}) exited with ${code} before listening`)));
+  });
+  createInterface({ input: child.stdout! }).on("line", (line) => {
+    const message = parseTagged(line);
+    // Anything else is the service's own log: keep it visible.
+    if (message === null) process.stderr.write(`[server ${child.pid}] ${line}\n`);
+    else replies.shift()?.(message);
+  });
+  const hello = await ready;
+  const grpcPort = hello.grpcPort as number;
+  return {
+    grpcPort,
+    httpPort: hello.httpPort as number,
+    pid: child.pid!,
+    target: `127.0.0.1:${grpcPort}`,
+    stats() {
+      return new Promise((resolve) => {
+        replies.push((m) => resolve(m as unknown as ServerStats));
+        child.stdin!.write("stats\n");
+      });
+    },
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.stdin!.end("stop\n");
+      const code = await exited;
+      if (code !== 0) throw new Error(`bench server (${mode}) exited with ${code}`);
+    },
+  };
+}
+
+function parseTagged(line: string): Record<string, unknown> | null {
+  if (!line.startsWith('{"bench":true')) return null;
+  return JSON.parse(line) as Record<string, unknown>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface PrivateRedis {
+  readonly url: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * A redis-server of the bench's own: other people's tests on the shared Redis
+ * would otherwise receive (and acknowledge) this run's invalidations, and theirs
+ * would reach the bench's instances.
+ */
+export async function startRedis(): Promise<PrivateRedis> {
+  const port = await freePort();
+  const proc: ChildProcess = spawn(
+    "redis-server",
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    { stdio: "ignore" },
+  );
+  const failed = new Promise<never>((_, reject) => {
+    proc.once("error", (err) => reject(new Error(`cannot start redis-server (is it installed?): ${err.message}`)));
+  });
+  const url = `redis://127.0.0.1:${port}`;
+  await Promise.race([failed, waitForRedis(url)]);
+  return {
+    url,
+    async stop() {
+      if (proc.exitCode !== null) return;
+      await new Promise((resolve) => {
+        proc.once("exit", resolve);
+        proc.kill("SIGTERM");
+      });
+    },
+  };
+}
+
+async function waitForRedis(url: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    probe.on("error", () => {}); // refused while it starts: expected
+    try {
+      await probe.connect();
+      await probe.ping();
+      return;
+    } catch {
+      if (Date.now() > deadline) throw new Error(`redis-server at ${url} did not start`);
+      await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      probe.disconnect();
+    }
+  }
+}

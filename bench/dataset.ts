@@ -1,0 +1,168 @@
+// Key datasets for the cold-lookup and memory scenarios: N keys written
+// straight into the service's schema with multi-row INSERTs (CreateKey one by
+// one would take hours for a million). One database per size, so that "10k
+// keys in MySQL" means exactly that on every run; each is kept and reused
+// while its counts match, since loading a million keys takes minutes.
+// Only hashes go into the service's tables; the secrets are kept in a table of
+// the bench's own (bench_secrets) so that later runs can present them.
+import { randomInt } from "node:crypto";
+import mysql from "mysql2/promise";
+import type { Pool, RowDataPacket } from "mysql2/promise";
+import { Role } from "../gen/apikeys/v1/apikeys_pb.js";
+import { SecretHasher } from "../src/keys/hashing.js";
+import { generateSecret, newKeyId, previewOf } from "../src/keys/key-format.js";
+import { runMigrations } from "../src/store/migrate.js";
+
+/** Rows per INSERT: ~0.5 MB statements, far below max_allowed_packet. */
+const BATCH = 2000;
+/** Batches written at once: enough to keep InnoDB busy while the next is generated. */
+const WRITERS = 3;
+/** Keys per organization (every organization has one member, the keys' creator). */
+const KEYS_PER_ORG = 100;
+export const DATASET_SCOPES = ["documents:read"];
+
+export interface Dataset {
+  readonly size: number;
+  /** mysql://…/apikeys_bench_<size>, for the service's MYSQL_URL. */
+  readonly url: string;
+  /** `count` secrets of distinct keys picked at random (all of them, in order, when count ≥ size). */
+  secrets(count: number): Promise<string[]>;
+  close(): Promise<void>;
+}
+
+export function sizeLabel(size: number): string {
+  if (size >= 1_000_000 && size % 1_000_000 === 0) return `${size / 1_000_000}m`;
+  if (size >= 1000 && size % 1000 === 0) return `${size / 1000}k`;
+  return String(size);
+}
+
+/** Opens the dataset of `size` keys, loading it first if it is missing or incomplete. */
+export async function openDataset(serverUrl: string, size: number, pepper: string, log: (line: string) => void): Promise<Dataset> {
+  const url = `${serverUrl.replace(/\/+$/, "")}/apikeys_bench_${sizeLabel(size)}`;
+  await runMigrations(url, 5000);
+  const pool = mysql.createPool({ uri: url, connectionLimit: WRITERS, timezone: "Z", charset: "UTF8MB4_BIN" });
+  try {
+    await pool.query(
+      `CREATE TABLE IF NOT EXISTS bench_secrets (
+         seq    INT UNSIGNED NOT NULL PRIMARY KEY,
+         secret VARCHAR(64)  NOT NULL
+       ) ENGINE = InnoDB`,
+    );
+    const hasher = new SecretHasher(pepper);
+    const loaded = await loadedKeys(pool, hasher);
+    if (loaded !== size) {
+      const started = performance.now();
+      log(`loading ${size} keys into ${new URL(url).pathname.slice(1)} (${loaded < 0 ? "unusable keys" : loaded} there)…`);
+      await load(pool, size, loaded, hasher);
+      log(`  loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    }
+  } catch (err) {
+    await pool.end();
+    throw err;
+  }
+  return {
+    size,
+    url,
+    secrets: (count) => pickSecrets(pool, size, count),
+    close: () => pool.end(),
+  };
+}
+
+/**
+ * How many complete keys the dataset holds; -1 when its tables disagree (an
+ * interrupted load) or its hashes were made with another pepper.
+ */
+async function loadedKeys(pool: Pool, hasher: SecretHasher): Promise<number> {
+  const [rows] = await pool.query<RowDataPacket[]>(
+    `SELECT (SELECT COUNT(*) FROM api_keys) AS keys_, (SELECT COUNT(*) FROM key_secrets) AS hashes,
+            (SELECT COUNT(*) FROM bench_secrets) AS secrets, (SELECT COALESCE(MAX(seq), 0) FROM bench_secrets) AS last,
+            (SELECT secret FROM bench_secrets WHERE seq = 1) AS first_secret`,
+  );
+  const { keys_, hashes, secrets, last, first_secret: firstSecret } = rows[0];
+  const n = Number(secrets);
+  if (Number(keys_) !== n || Number(hashes) !== n || Number(last) !== n) return -1;
+  if (n === 0) return 0;
+  const [found] = await pool.query<RowDataPacket[]>("SELECT 1 FROM key_secrets WHERE hash = ?", [hasher.hash(firstSecret as string)]);
+  return found.length === 1 ? n : -1;
+}
+
+async function load(pool: Pool, size: number, loaded: number, hasher: SecretHasher): Promise<void> {
+  // Anything but a complete smaller dataset starts again from nothing.
+  let from = loaded;
+  if (from < 0 || from > size) {
+    for (const table of ["api_keys", "key_secrets", "members", "organizations", "bench_secrets"]) await pool.query(`TRUNCATE TABLE ${table}`);
+    from = 0;
+  }
+  const orgs = Math.ceil(size / KEYS_PER_ORG);
+  const now = new Date();
+  for (let first = 0; first < orgs; first += BATCH) {
+    const ids = Array.from({ length: Math.min(BATCH, orgs - first) }, (_, i) => first + i);
+    await pool.query("INSERT IGNORE INTO organizations (id, api_access_enabled, update_time) VALUES ?", [
+      ids.map((i) => [`org_${i}`, true, now]),
+    ]);
+    await pool.query("INSERT IGNORE INTO members (organization_id, user_id, role, update_time) VALUES ?", [
+      ids.map((i) => [`org_${i}`, `user_${i}`, Role.ADMIN, now]),
+    ]);
+  }
+  const writing = new Set<Promise<void>>();
+  for (let seq = from + 1; seq <= size; seq += BATCH) {
+    const write = writeBatch(pool, seq, Math.min(BATCH, size - seq + 1), orgs, hasher, now).finally(() => writing.delete(write));
+    writing.add(write);
+    if (writing.size >= WRITERS) await Promise.race(writing);
+  }
+  await Promise.all(writing);
+}
+
+/** Keys seq … seq+count-1, each with its hash and secret, in one transaction so that counts always agree. */
+async function writeBatch(pool: Pool, seq: number, count: number, orgs: number, hasher: SecretHasher, now: Date): Promise<void> {
+  const keys: unknown[][] = [];
+  const hashes: unknown[][] = [];
+  const secrets: unknown[][] = [];
+  const scopes = JSON.stringify(DATASET_SCOPES);
+  for (let i = 0; i < count; i++) {
+    const org = (seq + i - 1) % orgs;
+    const secret = generateSecret("sk");
+    const id = newKeyId();
+    keys.push([id, `org_${org}`, `bench key ${seq + i}`, "sk", previewOf(secret), scopes, `user_${org}`, now, now, "{}"]);
+    hashes.push([hasher.hash(secret), id]);
+    secrets.push([seq + i, secret]);
+  }
+  const conn = await pool.getConnection();
+  try {
+    await conn.beginTransaction();
+    await conn.query(
+      "INSERT INTO api_keys (id, organization_id, name, prefix, preview, scopes, created_by, create_time, update_time, metadata) VALUES ?",
+      [keys],
+    );
+    await conn.query("INSERT INTO key_secrets (hash, key_id) VALUES ?", [hashes]);
+    await conn.query("INSERT INTO bench_secrets (seq, secret) VALUES ?", [secrets]);
+    await conn.commit();
+  } catch (err) {
+    await conn.rollback();
+    throw err;
+  } finally {
+    conn.release();
+  }
+}
+
+async function pickSecrets(pool: Pool, size: number, count: number): Promise<string[]> {
+  if (count >= size) {
+    const [rows] = await pool.query<RowDataPacket[]>("SELECT secret FROM bench_secrets ORDER BY seq");
+    return rows.map((r) => r.secret as string);
+  }
+  const seqs = new Set<number>();
+  while (seqs.size < count) seqs.add(randomInt(1, size + 1));
+  const all = [...seqs];
+  const secrets: string[] = [];
+  for (let i = 0; i < all.length; i += 10_000) {
+    const [rows] = await pool.query<RowDataPacket[]>("SELECT secret FROM bench_secrets WHERE seq IN (?)", [all.slice(i, i + 10_000)]);
+    for (const r of rows) secrets.push(r.secret as string);
+  }
+  // Rows come back in seq order, which is also the order of api_keys' clustered index: shuffle, or
+  // consecutive lookups would read neighbouring rows.
+  for (let i = secrets.length - 1; i > 0; i--) {
+    const j = randomInt(i + 1);
+    [secrets[i], secrets[j]] = [secrets[j], secrets[i]];
+  }
+  return secrets;
+}

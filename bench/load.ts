@@ -1,0 +1,93 @@
+// One way to put load on a server, whichever tool does it: h2load (C, one
+// fixed request body) or the Node load generator (bench/loadgen.ts, any number
+// of bodies, checks every answer). Both run in a process of their own.
+import { spawn } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runH2load } from "./h2load.js";
+import { nodeArgs } from "./children.js";
+
+export type Tool = "h2load" | "node";
+
+export interface LoadSpec {
+  /** host:port of the gRPC port. */
+  target: string;
+  /** e.g. /apikeys.v1.ApiKeyService/VerifyKey */
+  path: string;
+  /** Caller token, sent as `authorization: Bearer <token>`. */
+  token: string;
+  /** gRPC length-prefixed request messages, used round-robin. */
+  frames: Buffer[];
+  connections: number;
+  /** Requests in flight at most, over all connections. */
+  inFlight: number;
+  durationS: number;
+  /** Load before measuring starts (not counted). */
+  warmupS: number;
+  /** Requests per second over all connections; 0 = as fast as the server answers. */
+  rate: number;
+  /** Send every frame exactly once, then stop (durationS and rate are ignored). */
+  once?: boolean;
+  /** Every answer must be a VerifyKeyResponse with this code (Node load generator only). */
+  expectCode?: number;
+}
+
+export interface LoadResult {
+  tool: Tool;
+  requests: number;
+  /** Requests that did not end with grpc-status 0 (and, with expectCode, the expected code). */
+  failed: number;
+  /** Why requests failed, e.g. {"grpc-status 14": 3}. */
+  failures: Record<string, number>;
+  seconds: number;
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  /** Response message bytes per request: an error (trailers only) has none, so this shows what came back. */
+  bytesPerResponse: number;
+}
+
+/** A gRPC length-prefixed message: flag 0 (uncompressed), big-endian length, bytes. */
+export function grpcFrame(message: Uint8Array): Buffer {
+  const frame = Buffer.allocUnsafe(5 + message.length);
+  frame[0] = 0;
+  frame.writeUInt32BE(message.length, 1);
+  frame.set(message, 5);
+  return frame;
+}
+
+export async function runLoad(tool: Tool, spec: LoadSpec): Promise<LoadResult> {
+  const dir = await mkdtemp(join(tmpdir(), "apikeys-bench-"));
+  try {
+    const framesFile = join(dir, "frames.bin");
+    await writeFile(framesFile, Buffer.concat(spec.frames));
+    if (tool === "h2load") {
+      if (spec.frames.length !== 1 || spec.once || spec.expectCode !== undefined) {
+        throw new Error("h2load sends one fixed body and cannot check answers: use the Node load generator");
+      }
+      return await runH2load(spec, framesFile, join(dir, "h2load.log"));
+    }
+    return await runNodeLoad(spec, framesFile);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** What bench/loadgen.ts reads: the spec, with the frames in a file. */
+export type NodeLoadJob = Omit<LoadSpec, "frames"> & { framesFile: string };
+
+function runNodeLoad(spec: LoadSpec, framesFile: string): Promise<LoadResult> {
+  const { frames: _, ...rest } = spec;
+  const job: NodeLoadJob = { ...rest, framesFile };
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [...nodeArgs("loadgen"), JSON.stringify(job)], { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));
+    child.once("error", reject);
+    child.once("exit", (code) => {
+      if (code !== 0) reject(new Error(`the Node load generator exited with ${code}`));
+      else resolve(JSON.parse(out) as LoadResult);
+    });
+  });
+}

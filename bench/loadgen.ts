@@ -1,0 +1,156 @@
+// The Node load generator, run in its own process by bench/load.ts: gRPC over
+// bare node:http2 with the request frames built in advance, so a request costs
+// it far less than answering costs the server (the run shows it: it drives the
+// no-op baseline well above any scenario). Unlike h2load it sends many
+// different bodies and checks every answer's grpc-status, and optionally the
+// VerifyKeyResponse code.
+import { readFileSync } from "node:fs";
+import * as http2 from "node:http2";
+import { BinaryReader } from "@bufbuild/protobuf/wire";
+import type { LoadResult, NodeLoadJob } from "./load.js";
+import { Samples } from "./stats.js";
+
+/** Splits concatenated gRPC frames. */
+function splitFrames(bytes: Buffer): Buffer[] {
+  const frames: Buffer[] = [];
+  for (let at = 0; at < bytes.length; ) {
+    const end = at + 5 + bytes.readUInt32BE(at + 1);
+    frames.push(bytes.subarray(at, end));
+    at = end;
+  }
+  return frames;
+}
+
+/** Field 2 (code) of a VerifyKeyResponse, read without decoding the rest; 0 when absent. */
+function verifyCodeOf(message: Uint8Array): number {
+  const reader = new BinaryReader(message);
+  while (reader.pos < reader.len) {
+    const [field, wireType] = reader.tag();
+    if (field === 2) return reader.int32();
+    reader.skip(wireType);
+  }
+  return 0;
+}
+
+async function run(job: NodeLoadJob): Promise<LoadResult> {
+  const frames = splitFrames(readFileSync(job.framesFile));
+  const url = `http://${job.target}`;
+  const sessions = Array.from({ length: job.connections }, () => http2.connect(url));
+  await Promise.all(sessions.map((s) => new Promise((resolve, reject) => s.once("connect", resolve).once("error", reject))));
+  const headers = {
+    ":method": "POST",
+    ":path": job.path,
+    "content-type": "application/grpc",
+    te: "trailers",
+    authorization: `Bearer ${job.token}`,
+  };
+
+  const latencies = new Samples();
+  const failures: Record<string, number> = {};
+  let measuring = job.once === true || job.warmupS === 0;
+  let requests = 0;
+  let failed = 0;
+  let bytes = 0;
+  let sent = 0;
+  let inFlight = 0;
+  let sending = true;
+  let finished: () => void = () => {};
+  const done = new Promise<void>((resolve) => (finished = resolve));
+
+  const fail = (why: string) => {
+    failed++;
+    failures[why] = (failures[why] ?? 0) + 1;
+  };
+
+  const send = () => {
+    const frame = frames[sent % frames.length];
+    const session = sessions[sent % sessions.length];
+    sent++;
+    inFlight++;
+    const counted = measuring;
+    const start = performance.now();
+    const stream = session.request(headers, { endStream: false });
+    let status: string | undefined;
+    const chunks: Buffer[] = [];
+    stream.on("response", (h) => (status = h["grpc-status"] as string | undefined)); // trailers-only answer
+    stream.on("trailers", (t) => (status = t["grpc-status"] as string | undefined));
+    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+    stream.on("error", () => {}); // reported through close's rstCode below
+    stream.on("close", () => {
+      inFlight--;
+      if (counted) {
+        requests++;
+        latencies.add(performance.now() - start);
+        const body = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+        bytes += Math.max(0, body.length - 5);
+        if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) fail(`stream reset ${stream.rstCode}`);
+        else if (status !== "0") fail(`grpc-status ${status}`);
+        else if (job.expectCode !== undefined && verifyCodeOf(body.subarray(5)) !== job.expectCode) {
+          fail(`code ${verifyCodeOf(body.subarray(5))}`);
+        }
+      }
+      next();
+    });
+    stream.end(frame);
+  };
+
+  // Closed loop: each answer makes room for the next request. With a rate,
+  // the clock paces requests instead (open loop) and the in-flight bound only
+  // caps how far behind it may fall.
+  const next = () => {
+    if (job.once) {
+      if (sent < frames.length) send();
+      else if (inFlight === 0) finished();
+      return;
+    }
+    if (!sending) {
+      if (inFlight === 0) finished();
+      return;
+    }
+    if (job.rate === 0) send();
+  };
+
+  const startedAt = performance.now();
+  let measureFrom = startedAt;
+  if (!job.once) {
+    setTimeout(() => {
+      measuring = true;
+      measureFrom = performance.now();
+      setTimeout(() => {
+        sending = false;
+        if (inFlight === 0) finished();
+      }, job.durationS * 1000);
+    }, job.warmupS * 1000);
+  }
+  if (job.rate > 0 && !job.once) {
+    const pacer = setInterval(() => {
+      if (!sending) return clearInterval(pacer);
+      const due = Math.floor(((performance.now() - startedAt) * job.rate) / 1000);
+      while (sent < due && inFlight < job.inFlight) send();
+    }, 1);
+  } else {
+    for (let i = 0; i < job.inFlight && (!job.once || i < frames.length); i++) send();
+  }
+  await done;
+  const seconds = (performance.now() - measureFrom) / 1000;
+  for (const s of sessions) s.close();
+  return {
+    tool: "node",
+    requests,
+    failed,
+    failures,
+    seconds,
+    rps: requests / seconds,
+    p50Ms: latencies.percentile(50),
+    p99Ms: latencies.percentile(99),
+    bytesPerResponse: requests === 0 ? 0 : bytes / requests,
+  };
+}
+
+run(JSON.parse(process.argv[2]) as NodeLoadJob).then(
+  (result) => process.stdout.write(`${JSON.stringify(result)}\n`),
+  (err) => {
+    process.stderr.write(`load generator: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);

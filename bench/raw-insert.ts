@@ -1,0 +1,85 @@
+// CreateKey's yardstick: the rows one CreateKey adds (the key, its secret
+// hash, the audit event, and the organization and creator when they are new),
+// written with plain mysql2 statements in one transaction — no gRPC, no
+// validation, no read-back — at the same concurrency, against the same database.
+import type { Pool } from "mysql2/promise";
+import { SecretHasher } from "../src/keys/hashing.js";
+import { generateSecret, newKeyId, previewOf, randomBase62 } from "../src/keys/key-format.js";
+import { Samples } from "./stats.js";
+
+export interface RawResult {
+  requests: number;
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+}
+
+async function insertOne(pool: Pool, hasher: SecretHasher, organizationId: string, userId: string): Promise<void> {
+  const secret = generateSecret("sk");
+  const id = newKeyId();
+  const now = new Date();
+  const conn = await pool.getConnection();
+  try {
+    await conn.beginTransaction();
+    await conn.query("INSERT INTO api_keys SET ?", [
+      {
+        id,
+        organization_id: organizationId,
+        project_id: "",
+        name: "bench",
+        prefix: "sk",
+        preview: previewOf(secret),
+        scopes: '["documents:read"]',
+        created_by: userId,
+        create_time: now,
+        update_time: now,
+        metadata: "{}",
+      },
+    ]);
+    await conn.query("INSERT INTO key_secrets (hash, key_id, expire_time) VALUES (?, ?, NULL)", [hasher.hash(secret), id]);
+    await conn.query("INSERT IGNORE INTO organizations (id, api_access_enabled, update_time) VALUES (?, TRUE, ?)", [organizationId, now]);
+    await conn.query("INSERT IGNORE INTO members (organization_id, user_id, role, update_time) VALUES (?, ?, 4, ?)", [
+      organizationId,
+      userId,
+      now,
+    ]);
+    await conn.query("INSERT INTO audit_events SET ?", [
+      {
+        id: `evt_${randomBase62(20)}`,
+        organization_id: organizationId,
+        time: now,
+        actor_user_id: userId,
+        actor_role: 4,
+        caller: "bench",
+        action: "key.create",
+        key_id: id,
+        details: "{}",
+      },
+    ]);
+    await conn.commit();
+  } finally {
+    conn.release();
+  }
+}
+
+/** `concurrency` writers in a closed loop for warmupS (not counted), then durationS; creators take turns. */
+export async function rawInserts(
+  pool: Pool,
+  options: { concurrency: number; durationS: number; warmupS: number; pepper: string; organizationId: string; creators: string[] },
+): Promise<RawResult> {
+  const hasher = new SecretHasher(options.pepper);
+  const latencies = new Samples();
+  const start = performance.now();
+  const measureFrom = start + options.warmupS * 1000;
+  const end = measureFrom + options.durationS * 1000;
+  let next = 0;
+  const writer = async () => {
+    for (let t = performance.now(); t < end; t = performance.now()) {
+      await insertOne(pool, hasher, options.organizationId, options.creators[next++ % options.creators.length]);
+      if (t >= measureFrom) latencies.add(performance.now() - t);
+    }
+  };
+  await Promise.all(Array.from({ length: options.concurrency }, writer));
+  const seconds = (performance.now() - measureFrom) / 1000;
+  return { requests: latencies.size, rps: latencies.size / seconds, p50Ms: latencies.percentile(50), p99Ms: latencies.percentile(99) };
+}

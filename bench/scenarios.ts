@@ -1,0 +1,498 @@
+// The scenarios of issue 8, each measured against the no-op baseline of the
+// same run. Every scenario checks its answers with a real client before and
+// after the load (and the load tools check what they can), so a broken server
+// cannot look fast: a wrong answer fails the row, an error aborts it.
+import { mkdir, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { type Client, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import mysql from "mysql2/promise";
+import type { RowDataPacket } from "mysql2/promise";
+import {
+  ApiKeyService,
+  CreateKeyRequestSchema,
+  CreateKeyResponseSchema,
+  Role,
+  VerifyCode,
+  VerifyKeyRequestSchema,
+  type VerifyKeyResponse,
+  VerifyKeyResponseSchema,
+} from "../gen/apikeys/v1/apikeys_pb.js";
+import { generateSecret } from "../src/keys/key-format.js";
+import { type ServerChild, startServer } from "./children.js";
+import { DATASET_SCOPES, openDataset, sizeLabel } from "./dataset.js";
+import { type LoadResult, type LoadSpec, type Tool, grpcFrame, runLoad } from "./load.js";
+import { topSelfTime } from "./profile.js";
+import { rawInserts } from "./raw-insert.js";
+import type { Row } from "./report.js";
+import { Samples } from "./stats.js";
+
+/** The pepper of every bench server; the datasets' hashes are made with it. */
+export const PEPPER = "apikeys-bench-pepper-not-a-secret";
+/** The one caller of every bench server: authenticated, like production. */
+export const TOKEN = "apikeys-bench-caller-token";
+const VERIFY_PATH = "/apikeys.v1.ApiKeyService/VerifyKey";
+const CREATE_PATH = "/apikeys.v1.ApiKeyService/CreateKey";
+/** The shape of every throughput run: enough requests in flight to keep a server busy. */
+const CONNECTIONS = 4;
+const IN_FLIGHT = 64;
+/** Writers in flight for CreateKey and its raw-INSERT yardstick (the service's MySQL pool holds 10). */
+const CREATE_CONCURRENCY = 8;
+const CREATORS = 256;
+/** How far an answer's size may stray from the expected one (credits left and the like vary). */
+const BYTES_TOLERANCE = 0.1;
+const OWNER = { userId: "user_bench", role: Role.OWNER };
+const BENCH_ORG = "org_bench";
+
+export interface Settings {
+  durationS: number;
+  warmupS: number;
+  /** Dataset sizes for cold lookups, smallest first. */
+  coldSizes: number[];
+  /** Distinct keys a cold run cycles through (fewer when the dataset is smaller). */
+  coldSample: number;
+  /** Keys cached in the memory scenario. */
+  memoryKeys: number;
+  revocations: number;
+}
+
+export interface Bench {
+  settings: Settings;
+  /** h2load, or the Node load generator where h2load is not available. */
+  tool: Tool;
+  mysqlServerUrl: string;
+  redisUrl: string;
+  /** A database of this run's own, for keys created through the API. */
+  scratchUrl: string;
+  /** Max-load results of the no-op baseline, by tool. */
+  baseline: Partial<Record<Tool, LoadResult>>;
+  log(line: string): void;
+  row(row: Row): void;
+}
+
+/** The service most scenarios load: the scratch database, a cache, two keys. */
+export interface MainService {
+  child: ServerChild;
+  client: Client<typeof ApiKeyService>;
+  /** A key without limits (answered from the cache) and one with huge limits (so it stays valid). */
+  keys: { plain: string; limited: string };
+}
+
+function serviceEnv(b: Pick<Bench, "redisUrl">, mysqlUrl: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    KEY_PEPPER: PEPPER,
+    CALLERS: JSON.stringify([{ name: "bench", token: TOKEN, allow: ["manage", "verify"] }]),
+    HOST: "127.0.0.1",
+    GRPC_PORT: "0",
+    HTTP_PORT: "0",
+    MYSQL_URL: mysqlUrl,
+    REDIS_URL: b.redisUrl,
+    LOG_LEVEL: "warn",
+    ...extra,
+  };
+}
+
+function client(child: ServerChild): Client<typeof ApiKeyService> {
+  const transport = createGrpcTransport({
+    baseUrl: `http://${child.target}`,
+    interceptors: [
+      (next) => (req) => {
+        req.header.set("authorization", `Bearer ${TOKEN}`);
+        return next(req);
+      },
+    ],
+  });
+  return createClient(ApiKeyService, transport);
+}
+
+function verifyFrame(key: string, cost = 0): Buffer {
+  return grpcFrame(toBinary(VerifyKeyRequestSchema, create(VerifyKeyRequestSchema, { key, requiredScopes: DATASET_SCOPES, cost })));
+}
+
+async function expectVerify(c: Client<typeof ApiKeyService>, key: string, code: VerifyCode, cost = 0): Promise<VerifyKeyResponse> {
+  const res = await c.verifyKey({ key, requiredScopes: DATASET_SCOPES, cost });
+  if (res.code !== code) throw new Error(`VerifyKey answered ${VerifyCode[res.code]}, expected ${VerifyCode[code]}`);
+  return res;
+}
+
+function spec(b: Bench, target: string, path: string, frames: Buffer[], extra: Partial<LoadSpec> = {}): LoadSpec {
+  const { durationS, warmupS } = b.settings;
+  return { target, path, token: TOKEN, frames, connections: CONNECTIONS, inFlight: IN_FLIGHT, durationS, warmupS, rate: 0, ...extra };
+}
+
+/** Max throughput, then latency at half of it (a server at its limit only measures its queue). */
+async function maxAndHalf(b: Bench, tool: Tool, s: LoadSpec): Promise<{ max: LoadResult; half: LoadResult }> {
+  const max = await runLoad(tool, s);
+  const half = await runLoad(tool, { ...s, rate: max.rps / 2 });
+  return { max, half };
+}
+
+/** Why the answers of a load run cannot be trusted, or null. */
+function wrongAnswers(results: LoadResult[], expectedBytes: number | null): string | null {
+  for (const r of results) {
+    if (r.requests === 0) return "no request completed";
+    if (r.failed > 0) return `${r.failed} of ${r.requests} answers wrong: ${JSON.stringify(r.failures)}`;
+    if (expectedBytes !== null && Math.abs(r.bytesPerResponse - expectedBytes) > expectedBytes * BYTES_TOLERANCE) {
+      return `answers averaged ${r.bytesPerResponse.toFixed(0)} bytes, expected ${expectedBytes}`;
+    }
+  }
+  return null;
+}
+
+function ratioTo(b: Bench, tool: Tool, result: LoadResult): number {
+  return result.rps / b.baseline[tool]!.rps;
+}
+
+function halfNote(half: LoadResult): string {
+  return `p50/p99 at ${Math.round(half.rps)} req/s (½ load)`;
+}
+
+export async function startMainService(b: Bench): Promise<MainService> {
+  const child = await startServer("service", { env: serviceEnv(b, b.scratchUrl) });
+  const c = client(child);
+  const base = { organizationId: BENCH_ORG, actor: OWNER, scopes: DATASET_SCOPES };
+  const plain = await c.createKey({ ...base, name: "bench: cached" });
+  const limited = await c.createKey({
+    ...base,
+    name: "bench: limits",
+    limits: { requestsPerMinute: 4_000_000_000, requestsPerDay: 4_000_000_000, monthlyCredits: BigInt(Number.MAX_SAFE_INTEGER) },
+  });
+  return { child, client: c, keys: { plain: plain.secret, limited: limited.secret } };
+}
+
+/**
+ * The no-op baseline: the same grpc-js stack, caller auth and port setup,
+ * answering the bytes the service answers for the cached key. Measured with
+ * every tool the run uses (the Node load generator always: it shows its
+ * headroom over the cold scenarios it drives).
+ */
+export async function baseline(b: Bench, main: MainService): Promise<void> {
+  const answer = await expectVerify(main.client, main.keys.plain, VerifyCode.VALID);
+  const encoded = toBinary(VerifyKeyResponseSchema, answer);
+  const child = await startServer("baseline", {
+    env: serviceEnv(b, "mysql://unused/unused", { BENCH_BASELINE_RESPONSE: Buffer.from(encoded).toString("base64") }),
+  });
+  try {
+    const c = client(child);
+    await expectVerify(c, main.keys.plain, VerifyCode.VALID);
+    for (const tool of new Set<Tool>([b.tool, "node"])) {
+      const { max, half } = await maxAndHalf(b, tool, spec(b, child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]));
+      const wrong = wrongAnswers([max, half], encoded.length);
+      if (wrong) throw new Error(`the baseline's answers are wrong: ${wrong}`);
+      b.baseline[tool] = max;
+      b.row({
+        scenario: `no-op baseline (${tool === "node" ? "Node load generator" : "h2load"})`,
+        rps: max.rps,
+        ratio: 1,
+        p50Ms: half.p50Ms,
+        p99Ms: half.p99Ms,
+        target: "—",
+        verdict: "info",
+        notes: `${halfNote(half)}; ${encoded.length}-byte answers; RSS ${mb((await child.stats()).rss)} MB`,
+      });
+    }
+  } finally {
+    await child.stop();
+  }
+}
+
+/** 1. A valid key answered from the cache. */
+export async function cached(b: Bench, main: MainService): Promise<void> {
+  const answer = await expectVerify(main.client, main.keys.plain, VerifyCode.VALID);
+  const { max, half } = await maxAndHalf(b, b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]));
+  await expectVerify(main.client, main.keys.plain, VerifyCode.VALID);
+  const wrong = wrongAnswers([max, half], toBinary(VerifyKeyResponseSchema, answer).length);
+  const ratio = ratioTo(b, b.tool, max);
+  b.row({
+    scenario: "1. cached VerifyKey (valid key)",
+    rps: max.rps,
+    ratio,
+    p50Ms: half.p50Ms,
+    p99Ms: half.p99Ms,
+    target: "≥ 0.9×; p50, p99 ≤ 2 ms",
+    verdict: !wrong && ratio >= 0.9 && half.p50Ms <= 2 && half.p99Ms <= 2 ? "PASS" : "FAIL",
+    notes: wrong ?? halfNote(half),
+  });
+}
+
+/** 2. A key with rate limits and monthly credits, each call costing a credit (shared counters in Redis). */
+export async function limits(b: Bench, main: MainService): Promise<void> {
+  const scenario = "2. VerifyKey with rate limits + credits";
+  const first = await expectVerify(main.client, main.keys.limited, VerifyCode.VALID, 1);
+  if (first.rateLimit === undefined && first.remainingCredits === undefined) {
+    b.row({ scenario, target: "≥ 0.6×", verdict: "skipped", notes: "skipped: limits not wired" });
+    return;
+  }
+  const { max, half } = await maxAndHalf(b, b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.limited, 1)]));
+  const last = await expectVerify(main.client, main.keys.limited, VerifyCode.VALID, 1);
+  const consumed = (first.remainingCredits ?? 0n) - (last.remainingCredits ?? 0n);
+  const wrong = wrongAnswers([max, half], toBinary(VerifyKeyResponseSchema, first).length);
+  const ratio = ratioTo(b, b.tool, max);
+  b.row({
+    scenario,
+    rps: max.rps,
+    ratio,
+    p50Ms: half.p50Ms,
+    p99Ms: half.p99Ms,
+    target: "≥ 0.6×",
+    verdict: !wrong && ratio >= 0.6 ? "PASS" : "FAIL",
+    notes: wrong ?? `${halfNote(half)}; ${consumed} credits consumed`,
+  });
+}
+
+/** 3. Cold lookups (cache off): every call reads MySQL, over datasets of growing size. */
+export async function cold(b: Bench): Promise<void> {
+  const p99s: { size: number; p99: number }[] = [];
+  let fastest = 0;
+  for (const size of b.settings.coldSizes) {
+    const dataset = await openDataset(b.mysqlServerUrl, size, PEPPER, b.log);
+    const child = await startServer("service", { env: serviceEnv(b, dataset.url, { CACHE_MAX_ENTRIES: "0" }) });
+    try {
+      const secrets = await dataset.secrets(Math.min(size, b.settings.coldSample));
+      const c = client(child);
+      await expectVerify(c, secrets[0], VerifyCode.VALID);
+      const before = await child.stats();
+      const s = spec(b, child.target, VERIFY_PATH, secrets.map((k) => verifyFrame(k)), { expectCode: VerifyCode.VALID });
+      const { max, half } = await maxAndHalf(b, "node", s);
+      await expectVerify(c, secrets[secrets.length - 1], VerifyCode.VALID);
+      const after = await child.stats();
+      const lookups = (after.storeCalls.findByHash ?? 0) - (before.storeCalls.findByHash ?? 0);
+      const calls = after.verified[VerifyCode.VALID] - before.verified[VerifyCode.VALID];
+      const wrong = wrongAnswers([max, half], null) ?? (lookups < calls ? `only ${lookups} MySQL lookups for ${calls} calls: not cold` : null);
+      fastest = Math.max(fastest, max.rps);
+      p99s.push({ size, p99: half.p99Ms });
+      b.row({
+        scenario: `3. cold VerifyKey, ${sizeLabel(size)} keys in MySQL`,
+        rps: max.rps,
+        ratio: ratioTo(b, "node", max),
+        p50Ms: half.p50Ms,
+        p99Ms: half.p99Ms,
+        target: "p99 ≤ 5 ms",
+        verdict: !wrong && half.p99Ms <= 5 ? "PASS" : "FAIL",
+        notes: wrong ?? `${halfNote(half)}; ${secrets.length} distinct keys; a MySQL lookup per call`,
+      });
+    } finally {
+      await child.stop();
+      await dataset.close();
+    }
+  }
+  if (p99s.length > 1) {
+    const small = p99s[0];
+    const large = p99s[p99s.length - 1];
+    const growth = large.p99 / small.p99;
+    b.row({
+      scenario: `3. cold p99, ${sizeLabel(large.size)} vs ${sizeLabel(small.size)} keys`,
+      target: "≤ 1.5× (flat)",
+      verdict: growth <= 1.5 ? "PASS" : "FAIL",
+      notes: `p99 grew ${growth.toFixed(2)}×`,
+    });
+  }
+  const headroom = b.baseline.node!.rps / fastest;
+  b.row({
+    scenario: "3. load generator headroom",
+    target: "≥ 2× cold",
+    verdict: headroom >= 2 ? "PASS" : "FAIL",
+    notes: `it drives the no-op baseline at ${headroom.toFixed(1)}× the fastest cold run`,
+  });
+}
+
+/** 4. Malformed keys (rejected by shape and checksum) and well-formed unknown keys (negative cache). */
+export async function negative(b: Bench, main: MainService): Promise<void> {
+  const plain = main.keys.plain;
+  // Another last character breaks the checksum; the shape stays a key's.
+  const malformed = plain.slice(0, -1) + (plain.endsWith("A") ? "B" : "A");
+  const unknown = generateSecret("sk");
+  for (const [scenario, key, needsNoLookup] of [
+    ["4. malformed key", malformed, true],
+    ["4. unknown key (well-formed)", unknown, false],
+  ] as const) {
+    const answer = await expectVerify(main.client, key, VerifyCode.NOT_FOUND);
+    const before = await main.child.stats();
+    const { max, half } = await maxAndHalf(b, b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(key)]));
+    await expectVerify(main.client, key, VerifyCode.NOT_FOUND);
+    const after = await main.child.stats();
+    const lookups = (after.storeCalls.findByHash ?? 0) - (before.storeCalls.findByHash ?? 0);
+    const calls = after.verified[VerifyCode.NOT_FOUND] - before.verified[VerifyCode.NOT_FOUND];
+    const wrong = wrongAnswers([max, half], toBinary(VerifyKeyResponseSchema, answer).length);
+    const ratio = ratioTo(b, b.tool, max);
+    b.row({
+      scenario,
+      rps: max.rps,
+      ratio,
+      p50Ms: half.p50Ms,
+      p99Ms: half.p99Ms,
+      target: needsNoLookup ? "≥ 0.9×; 0 MySQL lookups" : "≥ 0.9×",
+      verdict: !wrong && ratio >= 0.9 && (!needsNoLookup || lookups === 0) ? "PASS" : "FAIL",
+      notes: wrong ?? `${halfNote(half)}; ${lookups} MySQL lookups in ${calls} calls`,
+    });
+  }
+}
+
+/**
+ * 5. CreateKey against plain mysql2 writing the same rows, at the same
+ * concurrency. Keys come from many creators, as in life: one creator's keys
+ * all upsert the same member row, which would measure that row's lock.
+ */
+export async function createKeys(b: Bench, main: MainService): Promise<void> {
+  const organizationId = "org_bench_create";
+  const creators = Array.from({ length: CREATORS }, (_, i) => `user_create_${i}`);
+  const requests = creators.map((userId) =>
+    create(CreateKeyRequestSchema, { organizationId, actor: { userId, role: Role.OWNER }, name: "bench", scopes: DATASET_SCOPES }),
+  );
+  const sample = await main.client.createKey(requests[0]);
+  const pool = mysql.createPool({ uri: b.scratchUrl, connectionLimit: CREATE_CONCURRENCY, timezone: "Z", charset: "UTF8MB4_BIN" });
+  const count = async () => {
+    const [rows] = await pool.query<RowDataPacket[]>("SELECT COUNT(*) AS n FROM api_keys WHERE organization_id = ?", [organizationId]);
+    return Number(rows[0].n);
+  };
+  try {
+    const before = await count();
+    const frames = requests.map((r) => grpcFrame(toBinary(CreateKeyRequestSchema, r)));
+    // Many bodies: the Node load generator (far faster than CreateKey can go).
+    const service = await runLoad("node", spec(b, main.child.target, CREATE_PATH, frames, { inFlight: CREATE_CONCURRENCY }));
+    const created = (await count()) - before;
+    const raw = await rawInserts(pool, {
+      concurrency: CREATE_CONCURRENCY,
+      durationS: b.settings.durationS,
+      warmupS: b.settings.warmupS,
+      pepper: PEPPER,
+      organizationId,
+      creators,
+    });
+    // Every answered call must have created a key.
+    const wrong =
+      wrongAnswers([service], toBinary(CreateKeyResponseSchema, sample).length) ??
+      (created < service.requests ? `${service.requests} answers but ${created} keys created` : null);
+    const ratio = service.rps / raw.rps;
+    const shape = `${CREATE_CONCURRENCY} in flight, ${CREATORS} creators`;
+    b.row({
+      scenario: "5. CreateKey",
+      rps: service.rps,
+      ratio,
+      p50Ms: service.p50Ms,
+      p99Ms: service.p99Ms,
+      target: "≥ 0.7× raw INSERT",
+      verdict: !wrong && ratio >= 0.7 ? "PASS" : "FAIL",
+      notes: wrong ?? `× is to the raw INSERT row; p50/p99 at ${shape}`,
+    });
+    b.row({
+      scenario: "5. raw mysql2 INSERT, same rows",
+      rps: raw.rps,
+      p50Ms: raw.p50Ms,
+      p99Ms: raw.p99Ms,
+      target: "—",
+      verdict: "info",
+      notes: `5 INSERTs in a transaction; p50/p99 at ${shape}`,
+    });
+  } finally {
+    await pool.end();
+  }
+}
+
+/** 6. Revocation seen by every instance: three servers sharing MySQL and Redis. */
+export async function revoke(b: Bench): Promise<void> {
+  const instances: ServerChild[] = [];
+  try {
+    for (let i = 0; i < 3; i++) instances.push(await startServer("service", { env: serviceEnv(b, b.scratchUrl) }));
+    const clients = instances.map(client);
+    const n = b.settings.revocations;
+    const keys: { id: string; secret: string }[] = [];
+    for (let i = 0; i < n; i += CREATE_CONCURRENCY) {
+      const batch = Array.from({ length: Math.min(CREATE_CONCURRENCY, n - i) }, () =>
+        clients[0].createKey({ organizationId: "org_bench_revoke", actor: OWNER, name: "bench: revoke", scopes: DATASET_SCOPES }),
+      );
+      for (const res of await Promise.all(batch)) keys.push({ id: res.key!.id, secret: res.secret });
+    }
+    // Every instance holds every key in its cache: the revocation has something to evict.
+    for (const c of clients) for (const k of keys) await expectVerify(c, k.secret, VerifyCode.VALID);
+    const latencies = new Samples();
+    let rejectedEverywhere = 0;
+    const started = performance.now();
+    for (let i = 0; i < keys.length; i++) {
+      const t = performance.now();
+      // Each instance takes its turn as the one revoking.
+      await clients[i % 3].revokeKey({ organizationId: "org_bench_revoke", keyId: keys[i].id, actor: OWNER, reason: "bench" });
+      latencies.add(performance.now() - t);
+      const answers = await Promise.all(clients.map((c) => c.verifyKey({ key: keys[i].secret, requiredScopes: DATASET_SCOPES })));
+      if (answers.every((a) => a.code === VerifyCode.REVOKED)) rejectedEverywhere++;
+    }
+    const seconds = (performance.now() - started) / 1000;
+    const p99 = latencies.percentile(99);
+    b.row({
+      scenario: "6. RevokeKey → rejected on all 3 instances",
+      rps: keys.length / seconds,
+      p50Ms: latencies.percentile(50),
+      p99Ms: p99,
+      target: "p99 ≤ 5 ms; all rejected",
+      verdict: rejectedEverywhere === keys.length && p99 <= 5 ? "PASS" : "FAIL",
+      notes: `RevokeKey latency, one at a time; ${rejectedEverywhere}/${keys.length} REVOKED on every instance right after`,
+    });
+  } finally {
+    await Promise.all(instances.map((i) => i.stop()));
+  }
+}
+
+/** 7. Memory with the cache full of distinct keys, and how often last-used times reach MySQL. */
+export async function memory(b: Bench): Promise<void> {
+  const n = b.settings.memoryKeys;
+  const dataset = await openDataset(b.mysqlServerUrl, n, PEPPER, b.log);
+  // Last-used times flushed every second, so the run sees its flushes.
+  const child = await startServer("service", {
+    env: serviceEnv(b, dataset.url, { CACHE_MAX_ENTRIES: String(n), LAST_USED_FLUSH_SECONDS: "1" }),
+  });
+  try {
+    const frames = (await dataset.secrets(n)).map((k) => verifyFrame(k));
+    const warm = await runLoad("node", { ...spec(b, child.target, VERIFY_PATH, frames, { expectCode: VerifyCode.VALID }), once: true });
+    const full = await child.stats();
+    const wrong = wrongAnswers([warm], null) ?? (full.cacheSize < n ? `only ${full.cacheSize} of ${n} keys cached` : null);
+    const limit = 250 * 2 ** 20;
+    const atTargetSize = n >= 100_000;
+    b.row({
+      scenario: `7. RSS with ${sizeLabel(n)} keys cached`,
+      target: atTargetSize ? "≤ 250 MB" : "≤ 250 MB at 100k",
+      verdict: wrong ? "FAIL" : !atTargetSize ? "info" : full.rss <= limit ? "PASS" : "FAIL",
+      notes: wrong ?? `RSS ${mb(full.rss)} MB, heap ${mb(full.heapUsed)} MB, ${full.cacheSize} entries`,
+    });
+    // Cached verifications of all those keys, then a flush interval for their last-used times.
+    const busy = await runLoad("node", spec(b, child.target, VERIFY_PATH, frames, { expectCode: VerifyCode.VALID }));
+    await new Promise((r) => setTimeout(r, 1500));
+    const end = await child.stats();
+    const verifications = end.verified[VerifyCode.VALID];
+    const writes = end.storeCalls.touchLastUsed ?? 0;
+    const share = writes / verifications;
+    const wrongBusy = wrongAnswers([busy], null);
+    b.row({
+      scenario: "7. last-used writes per verification",
+      target: "≤ 1%",
+      verdict: !wrongBusy && share <= 0.01 ? "PASS" : "FAIL",
+      notes: wrongBusy ?? `${writes} batched UPDATEs for ${verifications} verifications (${(share * 100).toFixed(4)}%)`,
+    });
+  } finally {
+    await child.stop();
+    await dataset.close();
+  }
+}
+
+/**
+ * The service under the cached load with node --cpu-prof, apart from the
+ * measured runs (profiling slows it down); returns the top self-time functions.
+ */
+export async function profileCached(b: Bench, main: MainService, dir: string, root: string): Promise<string[]> {
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dir, { recursive: true });
+  const child = await startServer("service", { env: serviceEnv(b, b.scratchUrl), cpuProfileDir: dir });
+  try {
+    await expectVerify(client(child), main.keys.plain, VerifyCode.VALID);
+    await runLoad(b.tool, spec(b, child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]));
+  } finally {
+    await child.stop();
+  }
+  const file = (await readdir(dir)).find((f) => f.endsWith(".cpuprofile"));
+  if (!file) throw new Error(`no CPU profile was written to ${dir}`);
+  return [`profile: ${join(dir, file)}`, ...(await topSelfTime(join(dir, file), 20, root))];
+}
+
+function mb(bytes: number): string {
+  return (bytes / 2 ** 20).toFixed(0);
+}

@@ -1,0 +1,160 @@
+// Prometheus metrics (prom-client), served at HTTP_PORT/metrics. Two kinds:
+// - RPC latency, recorded as each call finishes, into histogram children bound
+//   once per method, code and protocol (no label object built per call);
+// - numbers the domain already counts as plain fields (verify outcomes, cache,
+//   broadcast, last-used, pool), read in collect() when Prometheus scrapes, so
+//   they add nothing to the hot path.
+// Label values are method names, status and outcome names and the protocol:
+// never anything a caller sends.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { VerifyCodeSchema } from "../../gen/apikeys/v1/apikeys_pb.js";
+import type { RedisBroadcast } from "../broadcast/redis-broadcast.js";
+import type { LastUsedTracker } from "../keys/last-used.js";
+import type { Verifier } from "../keys/verifier.js";
+import type { VerifyCache } from "../keys/verify-cache.js";
+import type { PoolStats } from "../store/mysql-store.js";
+import type { HttpEndpoint } from "../transport/http-server.js";
+import { statusName } from "./grpc-status.js";
+
+export interface MetricsSources {
+  verifier: Pick<Verifier, "stats">;
+  cache: VerifyCache | null;
+  broadcast: Pick<RedisBroadcast, "stats"> | null;
+  lastUsed: Pick<LastUsedTracker, "writes">;
+  /** The database connection pool, when the store has one. */
+  pool: { poolStats(): PoolStats } | null;
+}
+
+export type Protocol = "grpc" | "connect";
+
+type Observe = { observe(value: number): void };
+
+/** The histogram children of one method, by protocol and then by status code (created on first use). */
+interface MethodSeries {
+  service: string;
+  method: string;
+  grpc: Observe[];
+  connect: Observe[];
+}
+
+// Verification is answered from memory in well under a millisecond; management calls take milliseconds.
+const RPC_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly rpcDuration: Histogram<"service" | "method" | "code" | "protocol">;
+  private readonly byPath = new Map<string, MethodSeries>();
+
+  constructor(sources: MetricsSources) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    this.rpcDuration = new Histogram({
+      name: "apikeys_rpc_duration_seconds",
+      help: "Time to answer an RPC, by method, gRPC status code and protocol (grpc = gRPC port, connect = Connect/gRPC-Web on the HTTP port). _count is the number of calls.",
+      labelNames: ["service", "method", "code", "protocol"],
+      buckets: RPC_BUCKETS,
+      registers,
+    });
+
+    const { verifier, cache, broadcast, lastUsed, pool } = sources;
+    const outcomes = VerifyCodeSchema.values.filter((v) => v.number !== 0);
+    new Counter({
+      name: "apikeys_verify_outcomes_total",
+      help: "VerifyKey answers by outcome code (VALID, NOT_FOUND, REVOKED, ...).",
+      labelNames: ["code"],
+      registers,
+      collect() {
+        this.reset();
+        for (const v of outcomes) this.inc({ code: v.localName }, verifier.stats.byCode[v.number]);
+      },
+    });
+    counter(registers, "apikeys_verify_malformed_keys_total", "Keys rejected by shape or checksum, without a lookup.", () => verifier.stats.malformed);
+    counter(registers, "apikeys_last_used_writes_total", "Batches of last-used times written to the database.", () => lastUsed.writes);
+    if (cache) {
+      counter(registers, "apikeys_verify_cache_hits_total", "Verifications answered from the in-process cache.", () => cache.hits);
+      counter(registers, "apikeys_verify_cache_misses_total", "Verifications the cache could not answer.", () => cache.misses);
+      gauge(registers, "apikeys_verify_cache_entries", "Entries in the verification cache (known and unknown keys).", () => cache.size);
+      gauge(registers, "apikeys_verify_cache_trusted", "1 while this instance may answer from its cache (its Redis lease is current).", () =>
+        cache.isTrusted(Date.now()) ? 1 : 0,
+      );
+    }
+    if (broadcast) {
+      const s = broadcast.stats;
+      counter(registers, "apikeys_broadcast_published_total", "Invalidations published to other instances.", () => s.published);
+      counter(registers, "apikeys_broadcast_ack_timeouts_total", "Invalidations not acknowledged by every instance in time (the cache lease covered them).", () => s.acksTimedOut);
+      counter(registers, "apikeys_broadcast_received_total", "Invalidations received from Redis.", () => s.received);
+      counter(registers, "apikeys_broadcast_reconnects_total", "Times the Redis subscriber reconnected (the cache was emptied).", () => s.reconnects);
+      gauge(registers, "apikeys_broadcast_last_ack_seconds", "Time from publishing the last invalidation to every instance's acknowledgement.", () => s.lastAckMs / 1000);
+    }
+    if (pool) {
+      new Gauge({
+        name: "apikeys_db_pool_connections",
+        help: "Open database connections by state (in_use, idle).",
+        labelNames: ["state"],
+        registers,
+        collect() {
+          const p = pool.poolStats();
+          this.set({ state: "in_use" }, p.inUse);
+          this.set({ state: "idle" }, p.idle);
+        },
+      });
+      gauge(registers, "apikeys_db_pool_max_connections", "The database pool's connection limit.", () => pool.poolStats().max);
+      gauge(registers, "apikeys_db_pool_waiting", "Queries waiting for a free database connection.", () => pool.poolStats().waiting);
+    }
+  }
+
+  /**
+   * Records a finished RPC; `path` is "/package.Service/Method". Once a series
+   * exists this is two lookups and prom-client's observe (which itself hashes the
+   * bound labels, about 0.4 µs: the whole cost metrics add to a verification).
+   */
+  recordRpc(path: string, code: number, protocol: Protocol, seconds: number): void {
+    const series = this.byPath.get(path) ?? this.addMethod(path);
+    const children = series[protocol];
+    (children[code] ??= this.rpcDuration.labels(series.service, series.method, statusName(code), protocol)).observe(seconds);
+  }
+
+  /** GET /metrics in the Prometheus text format. */
+  endpoint(): HttpEndpoint {
+    return (req, res) => {
+      if (req.url !== "/metrics") return false;
+      this.registry.metrics().then(
+        (text) => res.writeHead(200, { "content-type": this.registry.contentType }).end(text),
+        (err: unknown) => res.writeHead(500, { "content-type": "text/plain" }).end(`metrics failed: ${err instanceof Error ? err.message : String(err)}\n`),
+      );
+      return true;
+    };
+  }
+
+  // Paths come from the transports' own method tables, so there are as many series as methods.
+  private addMethod(path: string): MethodSeries {
+    const slash = path.lastIndexOf("/");
+    const series: MethodSeries = { service: path.slice(1, slash), method: path.slice(slash + 1), grpc: [], connect: [] };
+    this.byPath.set(path, series);
+    return series;
+  }
+}
+
+function counter(registers: Registry[], name: string, help: string, read: () => number): void {
+  new Counter({
+    name,
+    help,
+    registers,
+    collect() {
+      // The value read is already the running total; prom-client counters only move by inc().
+      this.reset();
+      this.inc(read());
+    },
+  });
+}
+
+function gauge(registers: Registry[], name: string, help: string, read: () => number): void {
+  new Gauge({
+    name,
+    help,
+    registers,
+    collect() {
+      this.set(read());
+    },
+  });
+}

@@ -1,0 +1,57 @@
+// `npm run bench` in its smallest mode, so the bench cannot rot: every
+// scenario runs end to end (servers in child processes, real MariaDB and
+// Redis, h2load or else the Node load generator) and reports a row with sane
+// numbers. Targets are not asserted: a second of load on a shared machine
+// says nothing about speed.
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, describe, expect, it } from "vitest";
+import type { Results } from "../../bench/report.js";
+
+const ROOT = fileURLToPath(new URL("../..", import.meta.url));
+
+function runBench(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", "bench/run.ts", ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    child.once("error", reject);
+    child.once("exit", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+describe("bench smoke run", () => {
+  let out = "";
+  afterAll(async () => {
+    if (out) await rm(out, { recursive: true, force: true });
+  });
+
+  it("runs every scenario and prints the table", { timeout: 240_000 }, async () => {
+    out = await mkdtemp(join(tmpdir(), "apikeys-bench-smoke-"));
+    const { code, stdout, stderr } = await runBench(["--smoke", "--out", out]);
+    expect(code, stderr).toBe(0);
+
+    const files = await readdir(out);
+    expect(files.filter((f) => f.endsWith(".md"))).toHaveLength(1);
+    const json = files.find((f) => f.endsWith(".json"));
+    const results = JSON.parse(await readFile(join(out, json!), "utf8")) as Results;
+
+    const names = results.rows.map((r) => r.scenario);
+    expect(names).toContain("no-op baseline (Node load generator)");
+    for (const n of ["1.", "2.", "3.", "4.", "5.", "6.", "7."]) expect(names.some((s) => s.startsWith(n)), `scenario ${n}`).toBe(true);
+    for (const row of results.rows) {
+      expect(row.verdict, `${row.scenario}: ${row.notes}`).not.toBe("ERROR");
+      if (row.verdict === "skipped") continue;
+      if (row.rps !== undefined) expect(row.rps, row.scenario).toBeGreaterThan(0);
+      if (row.p99Ms !== undefined) expect(row.p99Ms, row.scenario).toBeGreaterThan(0);
+      // The table on stdout holds the same rows.
+      expect(stdout).toContain(`| ${row.scenario} `);
+    }
+    expect(stdout).toMatch(/\| scenario +\| req\/s +\| × baseline +\| p50 ms +\| p99 ms +\| target +\| result +\| notes +\|/);
+  });
+});

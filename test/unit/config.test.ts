@@ -1,0 +1,128 @@
+// Start-up configuration of who may call the service: outside dev mode it
+// refuses to start open to anyone, and every mistake in CALLERS or the TLS
+// variables stops it with a message naming what is wrong — never the token.
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig } from "../../src/config.js";
+
+const PEPPER = "unit-test-pepper-0123456789";
+const TOKEN = "a-caller-token-0123456789";
+
+function load(env: Record<string, string>, dev = false) {
+  return loadConfig({ KEY_PEPPER: PEPPER, ...env }, { dev });
+}
+
+function refusal(env: Record<string, string>): string {
+  try {
+    load(env);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as Error).message;
+  }
+  throw new Error("expected loadConfig to refuse");
+}
+
+const callers = (...list: unknown[]) => ({ CALLERS: JSON.stringify(list) });
+
+describe("loadConfig: callers", () => {
+  it("refuses to start without callers outside dev mode", () => {
+    expect(refusal({})).toMatch(/CALLERS is not set: refusing to start.*ALLOW_UNAUTHENTICATED_CALLERS=true/);
+    expect(refusal({ CALLERS: "" })).toMatch(/CALLERS is not set/);
+    expect(refusal({ CALLERS: "[]" })).toMatch(/CALLERS is not set/);
+  });
+
+  it("starts open only when told to, and in dev mode", () => {
+    expect(load({ ALLOW_UNAUTHENTICATED_CALLERS: "true" })).toMatchObject({ callers: [], allowUnauthenticated: true });
+    expect(load({}, true)).toMatchObject({ callers: [], allowUnauthenticated: true });
+    expect(refusal({ ALLOW_UNAUTHENTICATED_CALLERS: "yes" })).toBe('ALLOW_UNAUTHENTICATED_CALLERS must be true or false, got "yes"');
+  });
+
+  it("parses callers with tokens and certificate identities", () => {
+    const config = load({
+      ...callers(
+        { name: "web", token: TOKEN, allow: ["manage", "verify"] },
+        { name: "gateway", cert_identity: "CN=gateway", allow: ["verify"] },
+      ),
+      TLS_CERT_FILE: "/etc/apikeys/server.pem",
+      TLS_KEY_FILE: "/etc/apikeys/server.key",
+      TLS_CLIENT_CA_FILE: "/etc/apikeys/ca.pem",
+    });
+    expect(config.callers).toEqual([
+      { name: "web", token: TOKEN, allow: ["manage", "verify"] },
+      { name: "gateway", certIdentity: "CN=gateway", allow: ["verify"] },
+    ]);
+    expect(config.allowUnauthenticated).toBe(false);
+    expect(config.tls).toEqual({ certFile: "/etc/apikeys/server.pem", keyFile: "/etc/apikeys/server.key", clientCaFile: "/etc/apikeys/ca.pem" });
+  });
+
+  it.each([
+    ["bad JSON", { CALLERS: "[{name: web}]" }, /^CALLERS must be JSON, e\.g\. \[\{"name":"web"/],
+    ["not a list", { CALLERS: '{"name":"web"}' }, /^CALLERS must be a JSON list of callers$/],
+    ["an entry that is not an object", callers("web"), /^CALLERS\[0\] must be an object$/],
+    ["no name", callers({ token: TOKEN, allow: ["verify"] }), /^CALLERS\[0\]\.name must be 1 to 64 letters/],
+    ["a name unfit for audit and metrics", callers({ name: "web app\n", token: TOKEN, allow: ["verify"] }), /^CALLERS\[0\]\.name must be/],
+    [
+      "duplicate names",
+      callers({ name: "web", token: TOKEN, allow: ["verify"] }, { name: "web", token: `${TOKEN}-2`, allow: ["manage"] }),
+      /^CALLERS: the name "web" is used twice$/,
+    ],
+    ["a short token", callers({ name: "web", token: "short", allow: ["verify"] }), /^CALLERS\[0\] \("web"\): token must be a string of at least 16 characters/],
+    ["a token with a space", callers({ name: "web", token: `${TOKEN} x`, allow: ["verify"] }), /token must be a string of at least 16 characters without spaces/],
+    ["a token that is not a string", callers({ name: "web", token: 1234567890123456789, allow: ["verify"] }), /token must be a string/],
+    [
+      "duplicate tokens",
+      callers({ name: "a", token: TOKEN, allow: ["verify"] }, { name: "b", token: TOKEN, allow: ["manage"] }),
+      /^CALLERS\[1\] \("b"\): token is the same as an earlier caller's$/,
+    ],
+    ["no credentials", callers({ name: "web", allow: ["verify"] }), /^CALLERS\[0\] \("web"\): needs a token, a cert_identity, or both$/],
+    ["unknown allow values", callers({ name: "web", token: TOKEN, allow: ["manage", "admin"] }), /^CALLERS\[0\] \("web"\): allow must list "manage" and\/or "verify"$/],
+    ["an empty allow", callers({ name: "web", token: TOKEN, allow: [] }), /allow must list "manage" and\/or "verify"/],
+    ["a misspelt field", callers({ name: "web", token: TOKEN, alow: ["verify"] }), /^CALLERS\[0\]: unknown field "alow"/],
+    [
+      "a malformed cert_identity",
+      { ...callers({ name: "gw", cert_identity: "gateway", allow: ["verify"] }), TLS_CERT_FILE: "c", TLS_KEY_FILE: "k", TLS_CLIENT_CA_FILE: "ca" },
+      /cert_identity must be "CN=<common name>", "DNS:<name>" or "URI:<uri>"/,
+    ],
+    [
+      "a cert_identity used twice",
+      {
+        ...callers({ name: "a", cert_identity: "CN=gw", allow: ["verify"] }, { name: "b", cert_identity: "CN=gw", allow: ["manage"] }),
+        TLS_CERT_FILE: "c",
+        TLS_KEY_FILE: "k",
+        TLS_CLIENT_CA_FILE: "ca",
+      },
+      /^CALLERS\[1\] \("b"\): cert_identity "CN=gw" is used twice$/,
+    ],
+    [
+      "a cert_identity without mutual TLS",
+      { ...callers({ name: "gw", cert_identity: "CN=gw", allow: ["verify"] }), TLS_CERT_FILE: "c", TLS_KEY_FILE: "k" },
+      /^CALLERS: "gw" has a cert_identity, which needs mutual TLS: set TLS_CLIENT_CA_FILE/,
+    ],
+  ])("refuses %s with a clear message that never contains the token", (_what, env, message) => {
+    const text = refusal(env);
+    expect(text).toMatch(message);
+    expect(text).not.toContain(TOKEN);
+  });
+});
+
+describe("loadConfig: TLS and peppers", () => {
+  const base = callers({ name: "web", token: TOKEN, allow: ["verify"] });
+
+  it("is plaintext by default, and TLS with only the server's certificate", () => {
+    expect(load(base).tls).toBeNull();
+    expect(load({ ...base, TLS_CERT_FILE: "c", TLS_KEY_FILE: "k" }).tls).toEqual({ certFile: "c", keyFile: "k", clientCaFile: null });
+  });
+
+  it("refuses half a TLS configuration", () => {
+    expect(refusal({ ...base, TLS_CERT_FILE: "c" })).toBe("TLS_CERT_FILE and TLS_KEY_FILE must be set together");
+    expect(refusal({ ...base, TLS_KEY_FILE: "k" })).toBe("TLS_CERT_FILE and TLS_KEY_FILE must be set together");
+    expect(refusal({ ...base, TLS_CLIENT_CA_FILE: "ca" })).toMatch(/^TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE/);
+  });
+
+  it("requires a pepper outside dev mode, and checks the previous one", () => {
+    expect(() => loadConfig({ ...base }, { dev: false })).toThrow(/KEY_PEPPER is required outside dev mode/);
+    expect(load({ ...base, KEY_PEPPER_PREVIOUS: "an-older-pepper-0123456789" }).previousPepper).toBe("an-older-pepper-0123456789");
+    expect(load(base).previousPepper).toBeNull();
+    expect(refusal({ ...base, KEY_PEPPER_PREVIOUS: "short" })).toBe("KEY_PEPPER_PREVIOUS must be at least 16 characters");
+    expect(refusal({ ...base, KEY_PEPPER_PREVIOUS: PEPPER })).toBe("KEY_PEPPER_PREVIOUS must differ from KEY_PEPPER");
+  });
+});
