@@ -105,8 +105,9 @@ export function addBinding(
         const caller = auth.authorize(header.length > 0 ? String(header[0]) : undefined, access, () => peerIdentities(call));
         callerName = caller.name;
         if (call.request === UNDECODABLE) throw invalidArgument("request", "is not a valid protobuf message");
-        // A call whose deadline passed (or that the client gave up on) while queued must not start writing.
-        if (call.cancelled || Number(call.getDeadline()) <= Date.now()) throw deadlineExceeded();
+        // A call the client gave up on, or whose deadline passed while it waited (a late event loop), must not start writing.
+        if (call.cancelled) throw notStarted(Status.CANCELLED, "the client cancelled the call");
+        if (Number(call.getDeadline()) <= Date.now()) throw notStarted(Status.DEADLINE_EXCEEDED, "the call's deadline passed");
         result = handler(call.request, caller.context);
       } catch (err) {
         fail(err);
@@ -126,8 +127,8 @@ export function addBinding(
   server.addService(definition, implementation);
 }
 
-function deadlineExceeded(): ApiError {
-  return new ApiError(Status.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "the call's deadline passed before it started; nothing was done");
+function notStarted(code: typeof Status.CANCELLED | typeof Status.DEADLINE_EXCEEDED, why: string): ApiError {
+  return new ApiError(code, code === Status.CANCELLED ? "CANCELLED" : "DEADLINE_EXCEEDED", `${why} before it started; nothing was done`);
 }
 
 /** Binds and starts listening; resolves with the bound port (useful with port 0). */

@@ -1,9 +1,10 @@
 // Property-based fuzzing of every RPC over a real server (fast-check): random
 // messages built from the proto descriptors, random bytes as payloads, random
 // JSON on the Connect port, and hand-made malformed HTTP/2 / gRPC framing.
-// Whatever arrives, the server answers with a proper status (never UNKNOWN or
-// INTERNAL), logs no internal error, changes no row when it rejects a
-// request, and keeps serving.
+// Whatever arrives, the server answers with a proper status (never UNKNOWN,
+// and INTERNAL only in the two places a library prescribes it, pinned below),
+// logs no internal error, changes no row when it rejects a request, and keeps
+// serving.
 import * as http2 from "node:http2";
 import { gzipSync } from "node:zlib";
 import { type DescField, type DescMessage, ScalarType, create, toBinary } from "@bufbuild/protobuf";
@@ -13,6 +14,7 @@ import fc from "fast-check";
 import mysql from "mysql2/promise";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ApiKeyService, OrganizationService, Role, VerifyCode } from "../../gen/apikeys/v1/apikeys_pb.js";
+import { Authorization } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { createLogger } from "../../src/logger.js";
 import { CallerAuth } from "../../src/transport/auth.js";
@@ -23,9 +25,12 @@ import { GrpcClient, type TestServer, startServer } from "../helpers/server.js";
 const TOKEN = "fuzz-manage-token-5a1c9e";
 const VERIFY_ONLY_TOKEN = "fuzz-verify-token-2b8d0f";
 const owner = { userId: "u_owner", role: Role.OWNER };
-const METHODS = [ApiKeyService, OrganizationService].flatMap((service) =>
+// Every RPC of the gRPC port, Envoy's ext_authz Check included; the HTTP port serves all but Check.
+const METHODS = [ApiKeyService, OrganizationService, Authorization].flatMap((service) =>
   service.methods.map((method) => ({ path: `/${service.typeName}/${method.name}`, input: method.input, name: method.localName })),
 );
+const CONNECT_METHODS = METHODS.filter((m) => m.name !== "check");
+const MANAGE_METHODS = METHODS.filter((m) => m.name !== "verifyKey" && m.name !== "check");
 
 /** Answers that a well-behaved server may give a malformed or random request. */
 const ACCEPTABLE_GRPC = new Set([
@@ -36,8 +41,6 @@ const ACCEPTABLE_GRPC = new Set([
   grpc.status.PERMISSION_DENIED,
   grpc.status.RESOURCE_EXHAUSTED,
   grpc.status.FAILED_PRECONDITION,
-  grpc.status.UNIMPLEMENTED,
-  grpc.status.UNAUTHENTICATED,
 ]);
 const ACCEPTABLE_CONNECT = new Set([
   "invalid_argument",
@@ -46,11 +49,9 @@ const ACCEPTABLE_CONNECT = new Set([
   "permission_denied",
   "resource_exhausted",
   "failed_precondition",
-  "unimplemented",
-  "unauthenticated",
 ]);
 /** Time bound per property, so a slow shared machine runs fewer cases instead of timing out. */
-const TIME_LIMIT = fc.interruptAfterTimeLimit(10_000);
+const TIME_LIMIT = fc.interruptAfterTimeLimit(8_000);
 
 // --- random messages from descriptors -----------------------------------------------------------
 
@@ -164,6 +165,7 @@ const VALID: Record<string, () => Record<string, unknown>> = {
   removeMember: () => ({ organizationId: "org_fuzz", userId: "u_other" }),
   setApiAccess: () => ({ organizationId: "org_fuzz", enabled: true }),
   listAuditEvents: () => ({ organizationId: "org_fuzz", actor: owner }),
+  check: () => ({ attributes: { request: { http: { headers: { authorization: `Bearer ${seeds[0].secret}` } } } } }),
 };
 
 /** A valid request with one or two fields replaced by random values: the way to reach the deepest rules. */
@@ -174,7 +176,7 @@ function mutatedArb(method: (typeof METHODS)[number]): fc.Arbitrary<Record<strin
     ...desc.oneofs.map((o) => ({ name: o.localName, arb: fc.oneof(...o.fields.map((f) => valueArb(f, 0).map((value) => ({ case: f.localName, value })))) })),
   ];
   return fc
-    .shuffledSubarray(slots, { minLength: 1, maxLength: 2 })
+    .shuffledSubarray(slots, { minLength: 1, maxLength: Math.min(2, slots.length) })
     .chain((chosen) => fc.tuple(...chosen.map((slot) => slot.arb.map((value) => [slot.name, value] as const))))
     .map((entries) => ({ ...VALID[method.name](), ...Object.fromEntries(entries) }));
 }
@@ -334,10 +336,9 @@ describe("fuzzing every RPC over a real server", () => {
 
   it("refuses every management RPC to unknown and verify-only callers, writing nothing", async () => {
     const before = await snapshot();
-    const manage = METHODS.filter((m) => m.name !== "verifyKey");
     await fc.assert(
       fc.asyncProperty(
-        fc.constantFrom(...manage).chain((m) => messageArb(m.input).map((init) => ({ m, init }))),
+        fc.constantFrom(...MANAGE_METHODS).chain((m) => messageArb(m.input).map((init) => ({ m, init }))),
         fc.constantFrom(null, VERIFY_ONLY_TOKEN, "fuzz-wrong-token-000000"),
         async ({ m, init }, token) => {
           const code = await rawGrpcCall(client, m.path, Buffer.from(toBinary(m.input, create(m.input, init as never))), token);
@@ -354,7 +355,7 @@ describe("fuzzing every RPC over a real server", () => {
     const jsonBody = fc.oneof(
       fc.json({ maxDepth: 3 }),
       // Objects with the request's own field names but values of any JSON type.
-      fc.constantFrom(...METHODS).chain((m) =>
+      fc.constantFrom(...CONNECT_METHODS).chain((m) =>
         fc.dictionary(fc.constantFrom(...m.input.fields.map((f) => f.jsonName), "actor", "unknownField"), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 5 }).map((o) => JSON.stringify(o)),
       ),
       fc.string({ maxLength: 200 }),
@@ -362,7 +363,7 @@ describe("fuzzing every RPC over a real server", () => {
     const before = await snapshot();
     await fc.assert(
       fc.asyncProperty(
-        fc.constantFrom(...METHODS),
+        fc.constantFrom(...CONNECT_METHODS),
         fc.oneof(
           jsonBody.map((body) => ({ body: body as string | Uint8Array<ArrayBuffer>, type: "application/json" })),
           fc.uint8Array({ maxLength: 300 }).map((body) => ({ body: body as string | Uint8Array<ArrayBuffer>, type: "application/proto" })),
