@@ -1,8 +1,10 @@
-import { defineConfig } from "vitest/config";
+import { configDefaults, defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
+    // The slow fault and scale variants run under `npm run test:faults` (vitest.faults.config.ts).
+    exclude: [...configDefaults.exclude, "test/**/*.slow.test.ts"],
     // Integration and e2e tests start servers and open pools; forks isolate them.
     pool: "forks",
     testTimeout: 30_000,

@@ -24,11 +24,21 @@ export const EXIT = {
 
 export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
 
-export const EXIT_CODES_HELP = `Exit codes:
-  0 success            1 key not valid (verify)     2 usage error
-  3 not confirmed      4 caller not authenticated or not allowed
-  5 not found          6 request rejected           7 service unavailable
-  8 other error`;
+const MEANINGS: Record<ExitCode, string> = {
+  0: "success",
+  1: "the key is not valid (verify)",
+  2: "usage error",
+  3: "not confirmed",
+  4: "caller not authenticated or not allowed",
+  5: "not found",
+  6: "request rejected",
+  7: "service unavailable or unreachable",
+  8: "other error",
+};
+
+export const EXIT_CODES_HELP = `Exit codes:\n${Object.entries(MEANINGS)
+  .map(([code, meaning]) => `  ${code}  ${meaning}`)
+  .join("\n")}`;
 
 /** A failure the CLI detects itself, with the exit code it means. */
 export class CliError extends Error {

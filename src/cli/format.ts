@@ -34,7 +34,7 @@ export function parseExpiration(text: string): Expiration {
 }
 
 /** "a,b c" → ["a", "b", "c"], for options that take a list and may be repeated. */
-export function collectList(value: string, previous: string[]): string[] {
+export function collectList(value: string, previous: string[] = []): string[] {
   return [...previous, ...value.split(/[\s,]+/).filter((s) => s !== "")];
 }
 

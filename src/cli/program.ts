@@ -2,10 +2,9 @@
 // a running service. run() takes its streams as arguments and returns the exit
 // code, so that tests can drive it in-process as well as through bin/apikeys.js.
 import { createInterface } from "node:readline/promises";
-import { type MessageShape, create, toJson } from "@bufbuild/protobuf";
-import type { DescMessage } from "@bufbuild/protobuf";
+import { type DescMessage, type MessageShape, create, toJson } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import { type Client } from "@connectrpc/connect";
+import type { Client } from "@connectrpc/connect";
 import { Command, CommanderError, Option } from "commander";
 import {
   type ApiKey,
@@ -98,7 +97,6 @@ function buildProgram(io: CliIo, setExitCode: (code: ExitCode) => void): Command
   const context = (cmd: Command) => {
     const opts = cmd.optsWithGlobals<GlobalOptions>();
     return {
-      opts,
       client: (): Client<typeof ApiKeyService> => connect({ url: opts.url, token: opts.token }),
       actor: { userId: opts.user, role: Role[opts.role.toUpperCase() as keyof typeof Role] },
       out: (text: string) => io.stdout.write(text),
@@ -117,10 +115,10 @@ function buildProgram(io: CliIo, setExitCode: (code: ExitCode) => void): Command
     .requiredOption("--org <id>", "organization that owns the key")
     .requiredOption("--name <name>", "label shown to users")
     .option("--project <id>", "project inside the organization")
-    .option("--scopes <scopes>", "permissions, comma-separated, e.g. documents:read,documents:write (default: full access)", collectList, [])
+    .option("--scopes <scopes>", "permissions, comma-separated, e.g. documents:read,documents:write (default: full access)", collectList)
     .option("--expires <when>", "a lifetime (30d, 12h) or a time (2027-01-01T00:00:00Z); default: never", parseExpiration)
     .option("--prefix <prefix>", "key prefix, e.g. trv_ak (default: the service's)")
-    .action(async (options: { org: string; name: string; project?: string; scopes: string[]; expires?: ReturnType<typeof parseExpiration>; prefix?: string }, cmd: Command) => {
+    .action(async (options: { org: string; name: string; project?: string; scopes?: string[]; expires?: ReturnType<typeof parseExpiration>; prefix?: string }, cmd: Command) => {
       const c = context(cmd);
       const res = await c.client().createKey({
         organizationId: options.org,
@@ -128,7 +126,7 @@ function buildProgram(io: CliIo, setExitCode: (code: ExitCode) => void): Command
         actor: c.actor,
         name: options.name,
         prefix: options.prefix ?? "",
-        scopes: options.scopes,
+        scopes: options.scopes ?? [],
         expiration: options.expires ?? { case: undefined },
       });
       if (c.json(CreateKeyResponseSchema, res)) return;
@@ -212,11 +210,11 @@ function buildProgram(io: CliIo, setExitCode: (code: ExitCode) => void): Command
     .command("verify")
     .description("check a key as a gateway would; exit code 0 if valid, 1 if not")
     .argument("<key>", 'the secret, or "-" to read it from stdin (keeps it out of shell history)')
-    .option("--scope <scope>", "a scope the call needs; repeat or comma-separate for several", collectList, [])
-    .action(async (key: string, options: { scope: string[] }, cmd: Command) => {
+    .option("--scope <scope>", "a scope the call needs; repeat or comma-separate for several", collectList)
+    .action(async (key: string, options: { scope?: string[] }, cmd: Command) => {
       const c = context(cmd);
       const secret = key === "-" ? (await readAll(io.stdin)).trim() : key;
-      const res = await c.client().verifyKey({ key: secret, requiredScopes: options.scope });
+      const res = await c.client().verifyKey({ key: secret, requiredScopes: options.scope ?? [] });
       if (!res.valid) setExitCode(EXIT.INVALID_KEY);
       if (c.json(VerifyKeyResponseSchema, res)) return;
       const code = VerifyCode[res.code];

@@ -20,7 +20,7 @@ import type { ServiceBinding } from "../transport/bindings.js";
  * What the upstream learns about an allowed request. Every one is set or
  * removed on each allowed request, so a client cannot smuggle its own.
  */
-export const IDENTITY_HEADERS = {
+const IDENTITY_HEADERS = {
   id: "x-apikey-id",
   organization: "x-apikey-organization",
   project: "x-apikey-project",
@@ -39,7 +39,7 @@ const QUERY_PARAMETERS = ["token", "api_key"];
  * check_settings.context_extensions. Scopes are decided by the route, not the
  * client: a client-sent header could simply leave a scope out.
  */
-export const CONTEXT_EXTENSIONS = { requiredScopes: "required_scopes", cost: "cost" } as const;
+const CONTEXT_EXTENSIONS = { requiredScopes: "required_scopes", cost: "cost" } as const;
 
 type Denial = "MISSING_KEY" | "NOT_FOUND" | "REVOKED" | "EXPIRED" | "INSUFFICIENT_SCOPE" | "DISABLED" | "RATE_LIMITED" | "USAGE_EXCEEDED" | "UNAVAILABLE";
 

@@ -80,6 +80,25 @@ export function isWellFormed(key: string): boolean {
   return true;
 }
 
+// The tail of a key: "_", 32 random and 6 checksum base62 characters, not followed by more.
+const KEY_TAIL = /_[0-9A-Za-z]{38}(?![0-9A-Za-z])/g;
+
+/**
+ * True when `value` contains a well-formed key anywhere in it, so that text
+ * headed for storage or logs can be kept free of secrets. The checksum makes a
+ * false alarm about one in four billion.
+ */
+export function containsSecret(value: string): boolean {
+  if (value.length < TAIL_LENGTH + 2) return false;
+  for (const m of value.matchAll(KEY_TAIL)) {
+    const end = m.index + m[0].length;
+    for (let start = Math.max(0, m.index - MAX_PREFIX_LENGTH); start < m.index; start++) {
+      if (isWellFormed(value.slice(start, end))) return true;
+    }
+  }
+  return false;
+}
+
 /** The prefix of a well-formed key. */
 export function prefixOf(key: string): string {
   return key.slice(0, key.length - TAIL_LENGTH - 1);

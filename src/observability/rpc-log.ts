@@ -6,6 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import type { Level } from "pino";
+import { containsSecret } from "../keys/key-format.js";
 import type { Logger } from "../logger.js";
 import type { RequestHeaders } from "../transport/bindings.js";
 import { statusName } from "./grpc-status.js";
@@ -54,9 +55,13 @@ function failureLevel(code: number): Level {
   }
 }
 
-/** x-request-id when the caller sent one, else a fresh id, so a failed call can still be found in the logs. */
+/**
+ * x-request-id when the caller sent one, else a fresh id, so a failed call can
+ * still be found in the logs. A header carrying a key (a client that mixed up
+ * its headers) is replaced, never logged.
+ */
 function requestId(headers: RequestHeaders): string {
   const value = headers.get("x-request-id");
   const id = Array.isArray(value) ? value[0] : value;
-  return typeof id === "string" && id !== "" && id.length <= MAX_REQUEST_ID_LENGTH ? id : randomUUID();
+  return typeof id === "string" && id !== "" && id.length <= MAX_REQUEST_ID_LENGTH && !containsSecret(id) ? id : randomUUID();
 }

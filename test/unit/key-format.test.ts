@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   MAX_KEY_LENGTH,
+  containsSecret,
   generateSecret,
   isValidPrefix,
   isWellFormed,
@@ -75,5 +76,15 @@ describe("key format", () => {
     const preview = previewOf(key);
     expect(preview).toBe(`${key.slice(0, 11)}…${key.slice(-4)}`);
     expect(preview).not.toContain(key.slice(11, -4));
+  });
+
+  it("finds a key inside other text, and nothing in text without one", () => {
+    const key = generateSecret("trv_ak");
+    expect(containsSecret(key)).toBe(true);
+    expect(containsSecret(`Bearer ${key}`)).toBe(true);
+    expect(containsSecret(`id=${key}&x=1`)).toBe(true);
+    expect(containsSecret(key.slice(0, -1))).toBe(false);
+    expect(containsSecret(`${key}0`)).toBe(false);
+    expect(containsSecret("key_2x9T0123456789abcdefghij")).toBe(false);
   });
 });
