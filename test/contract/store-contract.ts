@@ -7,57 +7,16 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { AuditRecord, KeyRecord } from "../../src/keys/records.js";
 import type { ListKeysQuery, NewKey, Store } from "../../src/store/store.js";
+import { T0, auditRecord, keyRecord as buildKey, uid } from "../helpers/records.js";
 
-/** Has milliseconds, so a store that drops them fails. */
-const T0 = Date.UTC(2030, 0, 15, 12, 0, 0, 123);
 const MINUTE = 60_000;
-
-function uid(prefix: string): string {
-  return `${prefix}_${randomBytes(8).toString("hex")}`;
-}
 
 function secretHash(): Buffer {
   return randomBytes(32);
 }
 
 function keyRecord(organizationId: string, fields: Partial<KeyRecord> = {}): KeyRecord {
-  return {
-    id: uid("key"),
-    organizationId,
-    projectId: "",
-    name: "test key",
-    prefix: "sk",
-    preview: "sk_3Fz9…q2Lk",
-    scopes: [],
-    createdBy: "u_creator",
-    createTime: T0,
-    updateTime: T0,
-    expireTime: null,
-    lastUsedTime: null,
-    revokeTime: null,
-    revokedBy: "",
-    revokeReason: "",
-    rotateTime: null,
-    previousSecretExpireTime: null,
-    metadata: {},
-    limits: null,
-    ...fields,
-  };
-}
-
-function auditRecord(organizationId: string, action: string, fields: Partial<AuditRecord> = {}): AuditRecord {
-  return {
-    id: uid("evt"),
-    organizationId,
-    time: T0,
-    actorUserId: "u_admin",
-    actorRole: Role.ADMIN,
-    caller: "test",
-    action,
-    keyId: "",
-    details: {},
-    ...fields,
-  };
+  return buildKey({ organizationId, ...fields });
 }
 
 interface NewKeyOptions {

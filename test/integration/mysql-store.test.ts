@@ -11,6 +11,7 @@ import { migrationsDirectory } from "../../src/store/migrate.js";
 import { FIND_BY_HASH_SQL, MySqlStore } from "../../src/store/mysql-store.js";
 import { describeStoreContract } from "../contract/store-contract.js";
 import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
+import { keyRecord } from "../helpers/records.js";
 
 describeStoreContract("mysql", async () => {
   const db = await freshDatabase();
@@ -63,27 +64,7 @@ describe("MySqlStore", () => {
     const now = Date.now();
     const id = `key_${randomBytes(8).toString("hex")}`;
     await store.createKey({
-      key: {
-        id,
-        organizationId,
-        projectId: "",
-        name: "",
-        prefix: "sk",
-        preview: "sk_x…y",
-        scopes: [],
-        createdBy: "u_a",
-        createTime: now,
-        updateTime: now,
-        expireTime: null,
-        lastUsedTime: null,
-        revokeTime: null,
-        revokedBy: "",
-        revokeReason: "",
-        rotateTime: null,
-        previousSecretExpireTime: null,
-        metadata: {},
-        limits: null,
-      },
+      key: keyRecord({ id, organizationId, name: "", preview: "sk_x…y", createdBy: "u_a", createTime: now, updateTime: now }),
       hash,
       creatorRole: Role.MEMBER,
       requestId: "",

@@ -15,6 +15,7 @@ import { COUNTER_KEYS, RedisUsageLimiter } from "../../src/limits/redis-usage-li
 import type { ManagedUsageLimiter } from "../../src/limits/usage-limiter.js";
 import { runMigrations } from "../../src/store/migrate.js";
 import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
+import { keyRecord } from "../helpers/records.js";
 import { TestRedis } from "../helpers/redis.js";
 
 const REDIS_URL = process.env.REDIS_TEST_URL ?? "redis://127.0.0.1:6379";
@@ -26,27 +27,15 @@ const MINUTE = 60_000;
 type LimitedKey = KeyRecord & { limits: LimitsRecord };
 
 function keyWith(limits: Partial<LimitsRecord>): LimitedKey {
-  return {
+  return keyRecord({
     id: `key_${randomBase62(16)}`,
-    organizationId: "org_1",
-    projectId: "",
     name: "",
-    prefix: "sk",
     preview: "",
-    scopes: [],
     createdBy: "u_1",
     createTime: T0,
     updateTime: T0,
-    expireTime: null,
-    lastUsedTime: null,
-    revokeTime: null,
-    revokedBy: "",
-    revokeReason: "",
-    rotateTime: null,
-    previousSecretExpireTime: null,
-    metadata: {},
     limits: { requestsPerMinute: 0, requestsPerDay: 0, monthlyCredits: 0, ...limits },
-  };
+  }) as LimitedKey;
 }
 
 function redisLimiter(ledger: CreditLedger = new MemoryCreditLedger(), redisUrl = REDIS_URL): RedisUsageLimiter {

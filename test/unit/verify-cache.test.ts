@@ -1,32 +1,13 @@
 import { describe, expect, it } from "vitest";
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
-import type { KeyRecord, VerifyRecord } from "../../src/keys/records.js";
+import type { VerifyRecord } from "../../src/keys/records.js";
 import { UNKNOWN, VerifyCache, buildEntry } from "../../src/keys/verify-cache.js";
+import { keyRecord } from "../helpers/records.js";
 
 const NOW = 1_800_000_000_000;
 
 function record(id: string, org: string, user: string): VerifyRecord {
-  const key: KeyRecord = {
-    id,
-    organizationId: org,
-    projectId: "",
-    name: id,
-    prefix: "sk",
-    preview: "sk_…",
-    scopes: [],
-    createdBy: user,
-    createTime: NOW,
-    updateTime: NOW,
-    expireTime: null,
-    lastUsedTime: null,
-    revokeTime: null,
-    revokedBy: "",
-    revokeReason: "",
-    rotateTime: null,
-    previousSecretExpireTime: null,
-    metadata: {},
-    limits: null,
-  };
+  const key = keyRecord({ id, organizationId: org, createdBy: user, name: id, preview: "sk_…", createTime: NOW, updateTime: NOW });
   return { key, secretExpireTime: null, memberRole: Role.MEMBER, orgEnabled: true };
 }
 
