@@ -45,11 +45,6 @@ export class DbProxy {
     return url.toString();
   }
 
-  /** Connections currently forwarded. */
-  get connections(): number {
-    return this.pairs.size;
-  }
-
   cut(): void {
     this.mode = "cut";
     for (const [client, { upstream }] of this.pairs) {

@@ -97,8 +97,8 @@ export function crashSuite(o: CrashOptions): void {
           };
           const lanes = Array.from({ length: o.concurrency }, lane);
           await killTime;
-          await server.kill();
           killed = true;
+          await server.kill();
           await Promise.all(lanes);
           const lost = lostCreates.size;
 
@@ -128,8 +128,14 @@ export function crashSuite(o: CrashOptions): void {
             }
           }
           expect(problems).toEqual([]);
-          const listed = await client2.listKeys({ organizationId: ORG, actor: owner, showRevoked: true, pageSize: 1000 });
-          expect(listed.keys.length, "keys in the organization: one per request id").toBe(keys.length);
+          let listed = 0;
+          let pageToken = "";
+          do {
+            const page = await client2.listKeys({ organizationId: ORG, actor: owner, showRevoked: true, pageSize: 1000, pageToken });
+            listed += page.keys.length;
+            pageToken = page.nextPageToken;
+          } while (pageToken !== "");
+          expect(listed, "keys in the organization: one per request id").toBe(keys.length);
           expect(await halfWrittenKeys(db.url)).toEqual([]);
           console.log(
             `[crash] ${crash + 1}: killed after ${o.killAfter} answers with ${o.concurrency} calls in flight; ` +
