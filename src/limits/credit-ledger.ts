@@ -2,8 +2,8 @@
 // ledger holds what each key had used per month as of the last flush, so that
 // a Redis that lost its data is re-seeded from here instead of handing out a
 // fresh month. A month's `used` only ever grows: saves keep the larger value.
-import mysql from "mysql2/promise";
-import type { Pool, RowDataPacket } from "mysql2/promise";
+import type { RowDataPacket } from "mysql2/promise";
+import { type Queryable, TimedPool, createPool, guard } from "../store/mysql-pool.js";
 
 export interface CreditUsage {
   keyId: string;
@@ -24,40 +24,38 @@ export interface CreditLedger {
 const SAVE_CHUNK = 1000;
 
 export class MySqlCreditLedger implements CreditLedger {
-  private constructor(private readonly pool: Pool) {}
+  private constructor(private readonly db: TimedPool) {}
 
   /**
    * A small pool of its own: the ledger is written once per flush interval and
    * read only to seed a counter, and must not wait behind the store's queries.
+   * Bounded like the store's, so a hung database fails a flush or a seed with
+   * UNAVAILABLE instead of stalling it (and every flush after it) for good.
    */
   static open(url: string): MySqlCreditLedger {
-    return new MySqlCreditLedger(
-      mysql.createPool({
-        uri: url,
-        connectionLimit: 2,
-        connectTimeout: 2000,
-        charset: "UTF8MB4_BIN",
-        supportBigNumbers: true,
-        bigNumberStrings: true,
-      }),
-    );
+    return new MySqlCreditLedger(new TimedPool(createPool(url, 2)));
   }
 
-  async load(keyId: string, month: string): Promise<number> {
-    const [rows] = await this.pool.query<RowDataPacket[]>("SELECT used FROM credit_usage WHERE key_id = ? AND month = ?", [
-      keyId,
-      month,
-    ]);
-    return rows.length === 0 ? 0 : Number(rows[0].used);
+  load(keyId: string, month: string): Promise<number> {
+    return guard(async () => {
+      const [rows] = await this.db.run((db) =>
+        db.query<RowDataPacket[]>("SELECT used FROM credit_usage WHERE key_id = ? AND month = ?", [keyId, month]),
+      );
+      return rows.length === 0 ? 0 : Number(rows[0].used);
+    });
   }
 
-  async save(entries: readonly CreditUsage[]): Promise<void> {
+  save(entries: readonly CreditUsage[]): Promise<void> {
+    return guard(() => this.db.run(async (db) => this.saveOn(db, entries)));
+  }
+
+  private async saveOn(db: Queryable, entries: readonly CreditUsage[]): Promise<void> {
     for (let i = 0; i < entries.length; i += SAVE_CHUNK) {
       const chunk = entries.slice(i, i + SAVE_CHUNK);
       const params: (string | number)[] = [];
       for (const e of chunk) params.push(e.keyId, e.month, e.used);
       // VALUES() rather than the row alias: MariaDB does not support the alias.
-      await this.pool.query(
+      await db.query(
         `INSERT INTO credit_usage (key_id, month, used, update_time) VALUES ${chunk.map(() => "(?, ?, ?, UTC_TIMESTAMP(3))").join(", ")}
          ON DUPLICATE KEY UPDATE
            update_time = IF(VALUES(used) > used, VALUES(update_time), update_time),
@@ -67,8 +65,8 @@ export class MySqlCreditLedger implements CreditLedger {
     }
   }
 
-  async close(): Promise<void> {
-    await this.pool.end();
+  close(): Promise<void> {
+    return this.db.end();
   }
 }
 

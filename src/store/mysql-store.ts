@@ -1,19 +1,8 @@
 // The MySQL/MariaDB store. All SQL of the service lives here and in the
 // migrations. Times are DATETIME(3) holding UTC; the pool's timezone "Z" makes
 // mysql2 read and write them as UTC, so epoch milliseconds survive exactly.
-import mysql from "mysql2/promise";
-import type {
-  ExecuteValues,
-  FieldPacket,
-  Pool,
-  PoolConnection,
-  QueryResult,
-  QueryValues,
-  ResultSetHeader,
-  RowDataPacket,
-} from "mysql2/promise";
+import type { Pool, ResultSetHeader, RowDataPacket } from "mysql2/promise";
 import type { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
-import { unavailable } from "../keys/errors.js";
 import type {
   AuditRecord,
   KeyRecord,
@@ -23,43 +12,12 @@ import type {
   VerifyRecord,
 } from "../keys/records.js";
 import { runMigrations } from "./migrate.js";
+import { CONNECT_TIMEOUT_MS, type Queryable, TimedPool, createPool, errorCode, guard } from "./mysql-pool.js";
 import type { ChangedKeys, CreatedKey, KeyPatch, ListKeysQuery, NewKey, Page, Rotation, Store } from "./store.js";
 
-/** A dead database must fail a call quickly, not hang it. */
-const CONNECT_TIMEOUT_MS = 2000;
-/**
- * The longest one statement, or the wait for a pooled connection, may take. A
- * database that accepts connections but stops answering would otherwise hang
- * calls for good: mysql2 sets no query timeout and no pool wait limit.
- */
-export const QUERY_TIMEOUT_MS = 5000;
-/** InnoDB may pick a transaction as a deadlock victim; it was rolled back whole, so it can simply run again. */
-const TRANSACTION_ATTEMPTS = 3;
 /** The revoke reason of keys revoked because their creator left the organization. */
 const MEMBER_REMOVED_REASON = "member removed";
 
-/**
- * Errors that say the database cannot be reached or cannot answer right now,
- * rather than that the request was wrong. mysql2 also flags every error that
- * broke a connection as fatal.
- */
-const UNAVAILABLE_CODES = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "EPIPE",
-  "PROTOCOL_CONNECTION_LOST",
-  "PROTOCOL_SEQUENCE_TIMEOUT",
-  "ER_CON_COUNT_ERROR",
-  "ER_SERVER_SHUTDOWN",
-  "ER_LOCK_WAIT_TIMEOUT",
-  "ER_LOCK_DEADLOCK",
-  "ER_QUERY_INTERRUPTED",
-]);
 
 const KEY_COLUMNS = `k.seq, k.id, k.organization_id, k.project_id, k.name, k.prefix, k.preview, k.scopes,
   k.created_by, k.create_time, k.update_time, k.expire_time, k.last_used_time, k.revoke_time, k.revoked_by,
@@ -132,64 +90,21 @@ export interface PoolStats {
   max: number;
 }
 
-/** A pooled connection whose every statement fails after QUERY_TIMEOUT_MS. */
-class TimedConnection {
-  /**
-   * A statement timed out, or a rollback failed: the connection may be stuck
-   * mid-reply for good (mysql2 would queue every later statement behind the
-   * late one), so it is destroyed rather than returned to the pool.
-   */
-  broken = false;
 
-  constructor(private readonly conn: PoolConnection) {}
-
-  query<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Promise<[T, FieldPacket[]]> {
-    return this.timed(this.conn.query<T>({ sql, timeout: QUERY_TIMEOUT_MS }, values));
-  }
-
-  /** A prepared statement (parsed once per connection). */
-  execute<T extends QueryResult>(sql: string, values: ExecuteValues): Promise<[T, FieldPacket[]]> {
-    return this.timed(this.conn.execute<T>({ sql, timeout: QUERY_TIMEOUT_MS }, values));
-  }
-
-  release(): void {
-    if (this.broken) this.conn.destroy();
-    else this.conn.release();
-  }
-
-  private async timed<R>(statement: Promise<R>): Promise<R> {
-    try {
-      return await statement;
-    } catch (err) {
-      if (errorCode(err) === "PROTOCOL_SEQUENCE_TIMEOUT") this.broken = true;
-      throw err;
-    }
-  }
-}
-
-/** What both a single statement and a transaction run on. */
-type Queryable = Pick<TimedConnection, "query">;
 
 export class MySqlStore implements Store {
+  private readonly db: TimedPool;
+
   private constructor(
-    private readonly pool: Pool,
+    pool: Pool,
     private readonly url: string,
-  ) {}
+  ) {
+    this.db = new TimedPool(pool);
+  }
 
   /** Creates the connection pool (connections are opened on demand); does not migrate. */
   static async open(url: string, options: { poolSize?: number } = {}): Promise<MySqlStore> {
-    const pool = mysql.createPool({
-      uri: url,
-      connectionLimit: options.poolSize ?? 10,
-      connectTimeout: CONNECT_TIMEOUT_MS,
-      timezone: "Z",
-      // The tables' collation: values compared with columns (also in derived tables) keep their indexes usable.
-      charset: "UTF8MB4_BIN",
-      supportBigNumbers: true,
-      bigNumberStrings: true,
-      // MySQL returns JSON columns parsed, MariaDB as text; this makes both text.
-      jsonStrings: true,
-    });
+    const pool = createPool(url, options.poolSize ?? 10);
     return new MySqlStore(pool, url);
   }
 
@@ -201,12 +116,12 @@ export class MySqlStore implements Store {
 
   ping(): Promise<void> {
     return guard(async () => {
-      await this.run((db) => db.query("SELECT 1"));
+      await this.db.run((db) => db.query("SELECT 1"));
     });
   }
 
   async close(): Promise<void> {
-    await this.pool.end();
+    await this.db.end();
   }
 
   /**
@@ -214,7 +129,7 @@ export class MySqlStore implements Store {
    * mysql2 has no public API for it, so this reads the pool's own queues.
    */
   poolStats(): PoolStats {
-    const core = this.pool.pool as unknown as {
+    const core = this.db.pool.pool as unknown as {
       _allConnections: { length: number };
       _freeConnections: { length: number };
       _connectionQueue: { length: number };
@@ -230,7 +145,7 @@ export class MySqlStore implements Store {
     const requestId = input.requestId === "" ? null : input.requestId;
     return guard(async () => {
       try {
-        const inserted = await this.transaction(async (conn) => {
+        const inserted = await this.db.transaction(async (conn) => {
           // The key goes first: a concurrent retry of the same request waits
           // on its unique (organization, request) entry and then fails with a
           // duplicate before it has touched anything else.
@@ -259,7 +174,7 @@ export class MySqlStore implements Store {
         return { ...inserted, created: true };
       } catch (err) {
         if (requestId !== null && errorCode(err) === "ER_DUP_ENTRY") {
-          const [rows] = await this.run((db) =>
+          const [rows] = await this.db.run((db) =>
             db.query<KeyRow[]>(`SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.request_id = ?`, [
               key.organizationId,
               requestId,
@@ -273,7 +188,7 @@ export class MySqlStore implements Store {
   }
 
   getKey(organizationId: string, keyId: string): Promise<KeyRecord | null> {
-    return guard(() => this.run((db) => selectKey(db, organizationId, keyId)));
+    return guard(() => this.db.run((db) => selectKey(db, organizationId, keyId)));
   }
 
   listKeys(query: ListKeysQuery): Promise<Page<KeyRecord>> {
@@ -294,7 +209,7 @@ export class MySqlStore implements Store {
     }
     params.push(query.limit + 1);
     return guard(async () => {
-      const [rows] = await this.run((db) =>
+      const [rows] = await this.db.run((db) =>
         db.query<KeyRow[]>(`SELECT ${KEY_COLUMNS} FROM api_keys k WHERE ${where.join(" AND ")} ORDER BY k.seq DESC LIMIT ?`, params),
       );
       return pageOf(rows, query.limit, toKey);
@@ -304,7 +219,7 @@ export class MySqlStore implements Store {
   findByHash(hash: Buffer): Promise<VerifyRecord | null> {
     return guard(async () => {
       // A prepared statement: the hot path skips parsing on every call.
-      const [rows] = await this.run((db) => db.execute<VerifyRow[]>(FIND_BY_HASH_SQL, [hash]));
+      const [rows] = await this.db.run((db) => db.execute<VerifyRow[]>(FIND_BY_HASH_SQL, [hash]));
       if (rows.length === 0) return null;
       const row = rows[0];
       return {
@@ -325,7 +240,7 @@ export class MySqlStore implements Store {
     if (patch.metadata !== undefined) columns.metadata = JSON.stringify(patch.metadata);
     if (patch.limits !== undefined) Object.assign(columns, limitColumns(patch.limits));
     return guard(() =>
-      this.transaction(async (conn) => {
+      this.db.transaction(async (conn) => {
         const [res] = await conn.query<ResultSetHeader>("UPDATE api_keys SET ? WHERE organization_id = ? AND id = ?", [
           columns,
           organizationId,
@@ -342,7 +257,7 @@ export class MySqlStore implements Store {
     const graceEnd = rotation.oldSecretExpireTime;
     const graceOver = graceEnd <= now;
     return guard(() =>
-      this.transaction(async (conn) => {
+      this.db.transaction(async (conn) => {
         // Lock the key row first, so concurrent rotations of one key queue here.
         const [res] = await conn.query<ResultSetHeader>(
           `UPDATE api_keys SET preview = ?, rotate_time = ?, previous_secret_expire_time = ?, update_time = ?
@@ -376,7 +291,7 @@ export class MySqlStore implements Store {
     audit: AuditRecord,
   ): Promise<{ key: KeyRecord; changed: boolean } | null> {
     return guard(() =>
-      this.transaction(async (conn) => {
+      this.db.transaction(async (conn) => {
         const [rows] = await conn.query<KeyRow[]>(
           `SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.id = ? FOR UPDATE`,
           [organizationId, keyId],
@@ -399,7 +314,7 @@ export class MySqlStore implements Store {
     audit: AuditRecord,
   ): Promise<ChangedKeys> {
     return guard(() =>
-      this.transaction(async (conn) => {
+      this.db.transaction(async (conn) => {
         const changed = await revokeCreatedBy(conn, organizationId, createdBy, revokedBy, reason, now);
         await insertAudit(conn, audit);
         return changed;
@@ -409,7 +324,7 @@ export class MySqlStore implements Store {
 
   setMemberRole(organizationId: string, userId: string, role: Role, now: number, audit: AuditRecord): Promise<MemberRecord> {
     return guard(() =>
-      this.transaction(async (conn) => {
+      this.db.transaction(async (conn) => {
         await upsertMember(conn, organizationId, userId, role, now);
         await insertAudit(conn, audit);
         return { organizationId, userId, role, updateTime: now };
@@ -419,7 +334,7 @@ export class MySqlStore implements Store {
 
   removeMember(organizationId: string, userId: string, revokeKeys: boolean, now: number, audit: AuditRecord): Promise<ChangedKeys> {
     return guard(() =>
-      this.transaction(async (conn) => {
+      this.db.transaction(async (conn) => {
         await conn.query("DELETE FROM members WHERE organization_id = ? AND user_id = ?", [organizationId, userId]);
         const changed = revokeKeys
           ? await revokeCreatedBy(conn, organizationId, userId, audit.actorUserId, MEMBER_REMOVED_REASON, now)
@@ -432,7 +347,7 @@ export class MySqlStore implements Store {
 
   setApiAccess(organizationId: string, enabled: boolean, now: number, audit: AuditRecord): Promise<OrganizationRecord> {
     return guard(() =>
-      this.transaction(async (conn) => {
+      this.db.transaction(async (conn) => {
         await conn.query(
           `INSERT INTO organizations (id, api_access_enabled, update_time) VALUES (?, ?, ?)
            ON DUPLICATE KEY UPDATE api_access_enabled = VALUES(api_access_enabled), update_time = VALUES(update_time)`,
@@ -449,7 +364,7 @@ export class MySqlStore implements Store {
     if (after !== null) params.push(BigInt(after));
     params.push(limit + 1);
     return guard(async () => {
-      const [rows] = await this.run((db) =>
+      const [rows] = await this.db.run((db) =>
         db.query<AuditRow[]>(
           `SELECT seq, id, organization_id, time, actor_user_id, actor_role, caller, action, key_id, details
            FROM audit_events WHERE organization_id = ? ${after !== null ? "AND seq < ?" : ""}
@@ -463,7 +378,7 @@ export class MySqlStore implements Store {
 
   replaceSecretHash(oldHash: Buffer, newHash: Buffer): Promise<boolean> {
     return guard(async () => {
-      const [result] = await this.run((db) => db.query<ResultSetHeader>("UPDATE key_secrets SET hash = ? WHERE hash = ?", [newHash, oldHash]));
+      const [result] = await this.db.run((db) => db.query<ResultSetHeader>("UPDATE key_secrets SET hash = ? WHERE hash = ?", [newHash, oldHash]));
       return result.affectedRows === 1;
     });
   }
@@ -477,7 +392,7 @@ export class MySqlStore implements Store {
       params.push(keyId, toDate(time));
     }
     return guard(async () => {
-      await this.run((db) =>
+      await this.db.run((db) =>
         db.query(
           `UPDATE api_keys k JOIN (${rows.join(" UNION ALL ")}) v ON k.id = v.id
            SET k.last_used_time = GREATEST(COALESCE(k.last_used_time, v.t), v.t)`,
@@ -486,90 +401,9 @@ export class MySqlStore implements Store {
       );
     });
   }
-
-  /**
-   * A connection from the pool, waiting at most QUERY_TIMEOUT_MS: when every
-   * connection is stuck, or the database cannot be reached, mysql2 alone would
-   * queue the call for good.
-   */
-  private async acquire(): Promise<TimedConnection> {
-    const pending = this.pool.getConnection();
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(Object.assign(new Error("no database connection became free in time"), { code: "ETIMEDOUT" })),
-        QUERY_TIMEOUT_MS,
-      );
-    });
-    try {
-      return new TimedConnection(await Promise.race([pending, timeout]));
-    } catch (err) {
-      // A connection that turns up after the wait was given up goes straight back.
-      pending.then(
-        (conn) => conn.release(),
-        () => {},
-      );
-      throw err;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /** Runs statements outside a transaction on one connection. */
-  private async run<T>(work: (db: TimedConnection) => Promise<T>): Promise<T> {
-    const db = await this.acquire();
-    try {
-      return await work(db);
-    } finally {
-      db.release();
-    }
-  }
-
-  /**
-   * Runs work in one transaction on one connection, again if InnoDB chose it
-   * as a deadlock victim. A connection that cannot even roll back is broken
-   * and is dropped rather than returned to the pool.
-   */
-  private async transaction<T>(work: (conn: Queryable) => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      const conn = await this.acquire();
-      try {
-        await conn.query("START TRANSACTION");
-        const result = await work(conn);
-        await conn.query("COMMIT");
-        return result;
-      } catch (err) {
-        // A broken connection is not asked to roll back (that would wait behind the stuck
-        // statement): destroying it ends the transaction on the server.
-        if (!conn.broken) {
-          await conn.query("ROLLBACK").catch(() => {
-            conn.broken = true;
-          });
-        }
-        if (errorCode(err) !== "ER_LOCK_DEADLOCK" || attempt === TRANSACTION_ATTEMPTS) throw err;
-      } finally {
-        conn.release();
-      }
-    }
-  }
 }
 
-/** Runs a store call, turning a failure to reach the database into UNAVAILABLE. */
-async function guard<T>(work: () => Promise<T>): Promise<T> {
-  try {
-    return await work();
-  } catch (err) {
-    if ((err as { fatal?: unknown })?.fatal === true || UNAVAILABLE_CODES.has(errorCode(err) ?? "")) {
-      throw unavailable("database", err);
-    }
-    throw err;
-  }
-}
 
-function errorCode(err: unknown): string | undefined {
-  const code = (err as { code?: unknown })?.code;
-  return typeof code === "string" ? code : undefined;
-}
 
 async function selectKey(db: Queryable, organizationId: string, keyId: string): Promise<KeyRecord | null> {
   const [rows] = await db.query<KeyRow[]>(`SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.id = ?`, [

@@ -1,5 +1,5 @@
 // Soak variant of test/faults/scenarios/mysql-outage.ts: `npm run test:faults`.
-import { QUERY_TIMEOUT_MS } from "../../src/store/mysql-store.js";
+import { QUERY_TIMEOUT_MS } from "../../src/store/mysql-pool.js";
 import { mysqlOutageSuite } from "./scenarios/mysql-outage.js";
 
 mysqlOutageSuite({

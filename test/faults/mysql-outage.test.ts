@@ -1,5 +1,5 @@
 // Fast variant of test/faults/scenarios/mysql-outage.ts (the long soak: mysql-outage.slow.test.ts).
-import { QUERY_TIMEOUT_MS } from "../../src/store/mysql-store.js";
+import { QUERY_TIMEOUT_MS } from "../../src/store/mysql-pool.js";
 import { mysqlOutageSuite } from "./scenarios/mysql-outage.js";
 
 mysqlOutageSuite({

@@ -11,7 +11,7 @@
 //   is there afterwards and verifies, and no key is half-written.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Role, VerifyCode } from "../../../gen/apikeys/v1/apikeys_pb.js";
-import { QUERY_TIMEOUT_MS } from "../../../src/store/mysql-store.js";
+import { QUERY_TIMEOUT_MS } from "../../../src/store/mysql-pool.js";
 import { DbProxy } from "../../helpers/mariadb.js";
 import { type TestDatabase, freshDatabase } from "../../helpers/mysql.js";
 import { TestRedis } from "../../helpers/redis.js";

@@ -1,0 +1,187 @@
+// Bounded access to a mysql2 pool, shared by everything that talks to MySQL.
+// mysql2 sets no statement timeout and no limit on waiting for a pooled
+// connection, so a database that accepts connections but stops answering
+// would hang calls for good; here every statement and every wait is bounded,
+// and failures to reach the database become UNAVAILABLE.
+import mysql from "mysql2/promise";
+import type { ExecuteValues, FieldPacket, Pool, PoolConnection, QueryResult, QueryValues, ResultSetHeader } from "mysql2/promise";
+import { unavailable } from "../keys/errors.js";
+
+/** A dead database must fail a call quickly, not hang it. */
+export const CONNECT_TIMEOUT_MS = 2000;
+/**
+ * The longest one statement, or the wait for a pooled connection, may take. A
+ * database that accepts connections but stops answering would otherwise hang
+ * calls for good: mysql2 sets no query timeout and no pool wait limit.
+ */
+export const QUERY_TIMEOUT_MS = 5000;
+/** InnoDB may pick a transaction as a deadlock victim; it was rolled back whole, so it can simply run again. */
+const TRANSACTION_ATTEMPTS = 3;
+
+/**
+ * Errors that say the database cannot be reached or cannot answer right now,
+ * rather than that the request was wrong. mysql2 also flags every error that
+ * broke a connection as fatal.
+ */
+const UNAVAILABLE_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EPIPE",
+  "PROTOCOL_CONNECTION_LOST",
+  "PROTOCOL_SEQUENCE_TIMEOUT",
+  "ER_CON_COUNT_ERROR",
+  "ER_SERVER_SHUTDOWN",
+  "ER_LOCK_WAIT_TIMEOUT",
+  "ER_LOCK_DEADLOCK",
+  "ER_QUERY_INTERRUPTED",
+]);
+
+/** A pooled connection whose every statement fails after QUERY_TIMEOUT_MS. */
+export class TimedConnection {
+  /**
+   * A statement timed out, or a rollback failed: the connection may be stuck
+   * mid-reply for good (mysql2 would queue every later statement behind the
+   * late one), so it is destroyed rather than returned to the pool.
+   */
+  broken = false;
+
+  constructor(private readonly conn: PoolConnection) {}
+
+  query<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Promise<[T, FieldPacket[]]> {
+    return this.timed(this.conn.query<T>({ sql, timeout: QUERY_TIMEOUT_MS }, values));
+  }
+
+  /** A prepared statement (parsed once per connection). */
+  execute<T extends QueryResult>(sql: string, values: ExecuteValues): Promise<[T, FieldPacket[]]> {
+    return this.timed(this.conn.execute<T>({ sql, timeout: QUERY_TIMEOUT_MS }, values));
+  }
+
+  release(): void {
+    if (this.broken) this.conn.destroy();
+    else this.conn.release();
+  }
+
+  private async timed<R>(statement: Promise<R>): Promise<R> {
+    try {
+      return await statement;
+    } catch (err) {
+      if (errorCode(err) === "PROTOCOL_SEQUENCE_TIMEOUT") this.broken = true;
+      throw err;
+    }
+  }
+}
+
+/** What both a single statement and a transaction run on. */
+export type Queryable = Pick<TimedConnection, "query">;
+
+/** A pool with the options every user of it needs: UTC times, the schema's collation, exact big numbers. */
+export function createPool(url: string, connectionLimit: number): Pool {
+  return mysql.createPool({
+    uri: url,
+    connectionLimit,
+    connectTimeout: CONNECT_TIMEOUT_MS,
+    timezone: "Z",
+    // The tables' collation: values compared with columns (also in derived tables) keep their indexes usable.
+    charset: "UTF8MB4_BIN",
+    supportBigNumbers: true,
+    bigNumberStrings: true,
+    // MySQL returns JSON columns parsed, MariaDB as text; this makes both text.
+    jsonStrings: true,
+  });
+}
+
+export class TimedPool {
+  constructor(readonly pool: Pool) {}
+
+  /**
+   * A connection from the pool, waiting at most QUERY_TIMEOUT_MS: when every
+   * connection is stuck, or the database cannot be reached, mysql2 alone would
+   * queue the call for good.
+   */
+  async acquire(): Promise<TimedConnection> {
+    const pending = this.pool.getConnection();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(Object.assign(new Error("no database connection became free in time"), { code: "ETIMEDOUT" })),
+        QUERY_TIMEOUT_MS,
+      );
+    });
+    try {
+      return new TimedConnection(await Promise.race([pending, timeout]));
+    } catch (err) {
+      // A connection that turns up after the wait was given up goes straight back.
+      pending.then(
+        (conn) => conn.release(),
+        () => {},
+      );
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Runs statements outside a transaction on one connection. */
+  async run<T>(work: (db: TimedConnection) => Promise<T>): Promise<T> {
+    const db = await this.acquire();
+    try {
+      return await work(db);
+    } finally {
+      db.release();
+    }
+  }
+
+  /**
+   * Runs work in one transaction on one connection, again if InnoDB chose it
+   * as a deadlock victim. A connection that cannot even roll back is broken
+   * and is dropped rather than returned to the pool.
+   */
+  async transaction<T>(work: (conn: Queryable) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const conn = await this.acquire();
+      try {
+        await conn.query("START TRANSACTION");
+        const result = await work(conn);
+        await conn.query("COMMIT");
+        return result;
+      } catch (err) {
+        // A broken connection is not asked to roll back (that would wait behind the stuck
+        // statement): destroying it ends the transaction on the server.
+        if (!conn.broken) {
+          await conn.query("ROLLBACK").catch(() => {
+            conn.broken = true;
+          });
+        }
+        if (errorCode(err) !== "ER_LOCK_DEADLOCK" || attempt === TRANSACTION_ATTEMPTS) throw err;
+      } finally {
+        conn.release();
+      }
+    }
+  }
+
+  end(): Promise<void> {
+    return this.pool.end();
+  }
+}
+
+/** Runs a store call, turning a failure to reach the database into UNAVAILABLE. */
+export async function guard<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    if ((err as { fatal?: unknown })?.fatal === true || UNAVAILABLE_CODES.has(errorCode(err) ?? "")) {
+      throw unavailable("database", err);
+    }
+    throw err;
+  }
+}
+
+export function errorCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown })?.code;
+  return typeof code === "string" ? code : undefined;
+}
