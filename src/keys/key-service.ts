@@ -217,7 +217,7 @@ export class KeyService {
       now,
       auditEvent(call, actor, orgId, "key.update", now, keyId, { fields: paths.join(",") }),
     );
-    if (!updated) throw keyNotFound(keyId);
+    if (!updated) throw await this.notChanged(orgId, keyId, "updated");
     await this.invalidator.invalidate({ kind: "keys", keyIds: [keyId] });
     return create(UpdateKeyResponseSchema, { key: toApiKey(updated, now) });
   }
@@ -240,7 +240,7 @@ export class KeyService {
       now,
       auditEvent(call, actor, orgId, "key.rotate", now, keyId, { grace_seconds: String(Math.floor(grace / 1000)) }),
     );
-    if (!rotated) throw keyNotFound(keyId);
+    if (!rotated) throw await this.notChanged(orgId, keyId, "rotated");
     await this.invalidator.invalidate({ kind: "keys", keyIds: [keyId] });
     return create(RotateKeyResponseSchema, { key: toApiKey(rotated, now), secret });
   }
@@ -284,6 +284,12 @@ export class KeyService {
     );
     if (changed.keyIds.length > 0) await this.invalidator.invalidate({ kind: "keys", keyIds: changed.keyIds });
     return create(RevokeKeysResponseSchema, { revokedCount: changed.keyIds.length });
+  }
+
+  /** Why the store changed nothing: the key was revoked meanwhile (a racing RevokeKey), or is gone. */
+  private async notChanged(orgId: string, keyId: string, verb: string): Promise<ApiError> {
+    const key = await this.store.getKey(orgId, keyId);
+    return key !== null && key.revokeTime !== null ? keyRevoked(keyId, verb) : keyNotFound(keyId);
   }
 
   private async findKey(orgId: string, keyId: string): Promise<KeyRecord> {

@@ -108,7 +108,7 @@ export class MemoryStore implements Store {
 
   async updateKey(organizationId: string, keyId: string, patch: KeyPatch, now: number, audit: AuditRecord): Promise<KeyRecord | null> {
     const key = this.find(organizationId, keyId);
-    if (key === null) return null;
+    if (key === null || key.revokeTime !== null) return null;
     if (patch.name !== undefined) key.name = patch.name;
     if (patch.scopes !== undefined) key.scopes = [...patch.scopes];
     if (patch.expireTime !== undefined) key.expireTime = patch.expireTime;
@@ -121,7 +121,7 @@ export class MemoryStore implements Store {
 
   async rotateKey(organizationId: string, keyId: string, rotation: Rotation, now: number, audit: AuditRecord): Promise<KeyRecord | null> {
     const key = this.find(organizationId, keyId);
-    if (key === null) return null;
+    if (key === null || key.revokeTime !== null) return null;
     const graceEnd = rotation.oldSecretExpireTime;
     for (const [hash, secret] of this.secrets) {
       if (secret.keyId !== keyId) continue;

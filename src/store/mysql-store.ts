@@ -241,11 +241,11 @@ export class MySqlStore implements Store {
     if (patch.limits !== undefined) Object.assign(columns, limitColumns(patch.limits));
     return guard(() =>
       this.db.transaction(async (conn) => {
-        const [res] = await conn.query<ResultSetHeader>("UPDATE api_keys SET ? WHERE organization_id = ? AND id = ?", [
-          columns,
-          organizationId,
-          keyId,
-        ]);
+        // A revoked key is never changed; checked in the write itself, so a racing revoke cannot slip in between.
+        const [res] = await conn.query<ResultSetHeader>(
+          "UPDATE api_keys SET ? WHERE organization_id = ? AND id = ? AND revoke_time IS NULL",
+          [columns, organizationId, keyId],
+        );
         if (res.affectedRows === 0) return null;
         await insertAudit(conn, audit);
         return selectKey(conn, organizationId, keyId);
@@ -261,7 +261,7 @@ export class MySqlStore implements Store {
         // Lock the key row first, so concurrent rotations of one key queue here.
         const [res] = await conn.query<ResultSetHeader>(
           `UPDATE api_keys SET preview = ?, rotate_time = ?, previous_secret_expire_time = ?, update_time = ?
-           WHERE organization_id = ? AND id = ?`,
+           WHERE organization_id = ? AND id = ? AND revoke_time IS NULL`,
           [rotation.newPreview, toDate(now), graceOver ? null : toDate(graceEnd), toDate(now), organizationId, keyId],
         );
         if (res.affectedRows === 0) return null;

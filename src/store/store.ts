@@ -99,9 +99,9 @@ export interface Store {
    */
   replaceSecretHash(oldHash: Buffer, newHash: Buffer): Promise<boolean>;
 
-  /** Changes the named fields. Null when the key does not exist in the organization. */
+  /** Changes the named fields. Null when the key does not exist in the organization or is revoked. */
   updateKey(organizationId: string, keyId: string, patch: KeyPatch, now: number, audit: AuditRecord): Promise<KeyRecord | null>;
-  /** Adds a new secret; the current one(s) expire at oldSecretExpireTime. Null when not found. */
+  /** Adds a new secret; the current one(s) expire at oldSecretExpireTime. Null when not found or revoked. */
   rotateKey(organizationId: string, keyId: string, rotation: Rotation, now: number, audit: AuditRecord): Promise<KeyRecord | null>;
   /**
    * Revokes the key unless already revoked (then returns it unchanged with

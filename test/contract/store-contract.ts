@@ -438,6 +438,21 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         expect(await store.getKey(org, key.id)).toEqual(key);
         expect(await auditEvents(other)).toEqual([]);
       });
+
+      it("never changes a revoked key (rotation or update)", async () => {
+        const org = uid("org");
+        const { input, key } = await create(org);
+        await store.revokeKey(org, key.id, "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"));
+        const revoked = await store.getKey(org, key.id);
+        const newHash = secretHash();
+        const rotation = { newHash, newPreview: "p", oldSecretExpireTime: T0 + 2 };
+        expect(await store.rotateKey(org, key.id, rotation, T0 + 2, auditRecord(org, "key.rotate"))).toBeNull();
+        expect(await store.updateKey(org, key.id, { name: "renamed" }, T0 + 2, auditRecord(org, "key.update"))).toBeNull();
+        expect(await store.findByHash(newHash)).toBeNull();
+        expect(await store.findByHash(input.hash)).not.toBeNull();
+        expect(await store.getKey(org, key.id)).toEqual(revoked);
+        expect((await auditEvents(org)).map((e) => e.action)).not.toContain("key.rotate");
+      });
     });
 
     describe("revokeKey", () => {
