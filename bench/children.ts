@@ -29,9 +29,7 @@ export function nodeArgs(script: "server" | "loadgen", extraNodeArgs: string[] =
 }
 
 export interface ServerChild {
-  readonly grpcPort: number;
-  readonly httpPort: number;
-  readonly pid: number;
+  /** host:port of its gRPC port. */
   readonly target: string;
   stats(): Promise<ServerStats>;
   /** Graceful stop: in-flight calls drain, last-used times flush, a CPU profile is written. */
@@ -46,8 +44,9 @@ export interface ServerOptions {
 
 /** Starts bench/server.ts in `mode` and waits until it listens. */
 export async function startServer(mode: "service" | "baseline", options: ServerOptions): Promise<ServerChild> {
-  const profile = options.cpuProfileDir ? ["--cpu-prof", `--cpu-prof-dir=${options.cpuProfileDir}`] : [];
-  const child = spawn(process.execPath, [...nodeArgs("server", profile), mode], {
+  // --expose-gc only lets the stats command collect garbage before its second memory reading.
+  const flags = ["--expose-gc", ...(options.cpuProfileDir ? ["--cpu-prof", `--cpu-prof-dir=${options.cpuProfileDir}`] : [])];
+  const child = spawn(process.execPath, [...nodeArgs("server", flags), mode], {
     // Nothing from the bench's own environment: the server is configured by the bench alone.
     env: { PATH: process.env.PATH ?? "", ...options.env },
     stdio: ["pipe", "pipe", "inherit"],
@@ -65,12 +64,8 @@ export async function startServer(mode: "service" | "baseline", options: ServerO
     else replies.shift()?.(message);
   });
   const hello = await ready;
-  const grpcPort = hello.grpcPort as number;
   return {
-    grpcPort,
-    httpPort: hello.httpPort as number,
-    pid: child.pid!,
-    target: `127.0.0.1:${grpcPort}`,
+    target: `127.0.0.1:${hello.grpcPort as number}`,
     stats() {
       return new Promise((resolve) => {
         replies.push((m) => resolve(m as unknown as ServerStats));

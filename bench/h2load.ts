@@ -92,7 +92,6 @@ function parse(output: string, log: string): LoadResult {
     requests,
     failed: Object.values(failures).reduce((a, b) => a + b, 0),
     failures,
-    seconds: requests / Number(rps),
     rps: Number(rps),
     p50Ms: latencies.percentile(50),
     p99Ms: latencies.percentile(99),

@@ -40,7 +40,6 @@ export interface LoadResult {
   failed: number;
   /** Why requests failed, e.g. {"grpc-status 14": 3}. */
   failures: Record<string, number>;
-  seconds: number;
   rps: number;
   p50Ms: number;
   p99Ms: number;

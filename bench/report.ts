@@ -90,10 +90,15 @@ export function markdown(results: Results): string {
   return `${lines.join("\n")}\n`;
 }
 
+/** A run's files are named after its date, without the colons some file systems refuse. */
+export function fileStem(date: string): string {
+  return date.replaceAll(":", "-");
+}
+
 /** Writes <dir>/<date>.json and <dir>/<date>.md; returns their paths. */
 export async function writeResults(dir: string, results: Results): Promise<string[]> {
   await mkdir(dir, { recursive: true });
-  const base = join(dir, results.date.replaceAll(":", "-"));
+  const base = join(dir, fileStem(results.date));
   await writeFile(`${base}.json`, `${JSON.stringify(results, null, 2)}\n`);
   await writeFile(`${base}.md`, markdown(results));
   return [`${base}.json`, `${base}.md`];

@@ -2,7 +2,8 @@
 // same run. Every scenario checks its answers with a real client before and
 // after the load (and the load tools check what they can), so a broken server
 // cannot look fast: a wrong answer fails the row, an error aborts it.
-import { mkdir, readdir, rm } from "node:fs/promises";
+import { copyFile, mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { type Client, createClient } from "@connectrpc/connect";
@@ -29,9 +30,9 @@ import type { Row } from "./report.js";
 import { Samples } from "./stats.js";
 
 /** The pepper of every bench server; the datasets' hashes are made with it. */
-export const PEPPER = "apikeys-bench-pepper-not-a-secret";
+const PEPPER = "apikeys-bench-pepper-not-a-secret";
 /** The one caller of every bench server: authenticated, like production. */
-export const TOKEN = "apikeys-bench-caller-token";
+const TOKEN = "apikeys-bench-caller-token";
 const VERIFY_PATH = "/apikeys.v1.ApiKeyService/VerifyKey";
 const CREATE_PATH = "/apikeys.v1.ApiKeyService/CreateKey";
 /** The shape of every throughput run: enough requests in flight to keep a server busy. */
@@ -79,7 +80,7 @@ export interface MainService {
   keys: { plain: string; limited: string };
 }
 
-function serviceEnv(b: Pick<Bench, "redisUrl">, mysqlUrl: string, extra: Record<string, string> = {}): Record<string, string> {
+function serviceEnv(b: Bench, mysqlUrl: string, extra: Record<string, string> = {}): Record<string, string> {
   return {
     KEY_PEPPER: PEPPER,
     CALLERS: JSON.stringify([{ name: "bench", token: TOKEN, allow: ["manage", "verify"] }]),
@@ -122,7 +123,7 @@ function spec(b: Bench, target: string, path: string, frames: Buffer[], extra: P
 }
 
 /** Max throughput, then latency at half of it (a server at its limit only measures its queue). */
-async function maxAndHalf(b: Bench, tool: Tool, s: LoadSpec): Promise<{ max: LoadResult; half: LoadResult }> {
+async function maxAndHalf(tool: Tool, s: LoadSpec): Promise<{ max: LoadResult; half: LoadResult }> {
   const max = await runLoad(tool, s);
   const half = await runLoad(tool, { ...s, rate: max.rps / 2 });
   return { max, half };
@@ -177,7 +178,7 @@ export async function baseline(b: Bench, main: MainService): Promise<void> {
     const c = client(child);
     await expectVerify(c, main.keys.plain, VerifyCode.VALID);
     for (const tool of new Set<Tool>([b.tool, "node"])) {
-      const { max, half } = await maxAndHalf(b, tool, spec(b, child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]));
+      const { max, half } = await maxAndHalf(tool, spec(b, child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]));
       const wrong = wrongAnswers([max, half], encoded.length);
       if (wrong) throw new Error(`the baseline's answers are wrong: ${wrong}`);
       b.baseline[tool] = max;
@@ -200,7 +201,7 @@ export async function baseline(b: Bench, main: MainService): Promise<void> {
 /** 1. A valid key answered from the cache. */
 export async function cached(b: Bench, main: MainService): Promise<void> {
   const answer = await expectVerify(main.client, main.keys.plain, VerifyCode.VALID);
-  const { max, half } = await maxAndHalf(b, b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]));
+  const { max, half } = await maxAndHalf(b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]));
   await expectVerify(main.client, main.keys.plain, VerifyCode.VALID);
   const wrong = wrongAnswers([max, half], toBinary(VerifyKeyResponseSchema, answer).length);
   const ratio = ratioTo(b, b.tool, max);
@@ -224,7 +225,7 @@ export async function limits(b: Bench, main: MainService): Promise<void> {
     b.row({ scenario, target: "≥ 0.6×", verdict: "skipped", notes: "skipped: limits not wired" });
     return;
   }
-  const { max, half } = await maxAndHalf(b, b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.limited, 1)]));
+  const { max, half } = await maxAndHalf(b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.limited, 1)]));
   const last = await expectVerify(main.client, main.keys.limited, VerifyCode.VALID, 1);
   const consumed = (first.remainingCredits ?? 0n) - (last.remainingCredits ?? 0n);
   const wrong = wrongAnswers([max, half], toBinary(VerifyKeyResponseSchema, first).length);
@@ -254,9 +255,12 @@ export async function cold(b: Bench): Promise<void> {
       await expectVerify(c, secrets[0], VerifyCode.VALID);
       const before = await child.stats();
       const s = spec(b, child.target, VERIFY_PATH, secrets.map((k) => verifyFrame(k)), { expectCode: VerifyCode.VALID });
-      const { max, half } = await maxAndHalf(b, "node", s);
-      await expectVerify(c, secrets[secrets.length - 1], VerifyCode.VALID);
+      const max = await runLoad("node", s);
+      await child.stats(); // store latencies from here on are the half-load run's
+      const half = await runLoad("node", { ...s, rate: max.rps / 2 });
       const after = await child.stats();
+      await expectVerify(c, secrets[secrets.length - 1], VerifyCode.VALID);
+      const lookup = after.storeLatency.findByHash;
       const lookups = (after.storeCalls.findByHash ?? 0) - (before.storeCalls.findByHash ?? 0);
       const calls = after.verified[VerifyCode.VALID] - before.verified[VerifyCode.VALID];
       const wrong = wrongAnswers([max, half], null) ?? (lookups < calls ? `only ${lookups} MySQL lookups for ${calls} calls: not cold` : null);
@@ -270,7 +274,9 @@ export async function cold(b: Bench): Promise<void> {
         p99Ms: half.p99Ms,
         target: "p99 ≤ 5 ms",
         verdict: !wrong && half.p99Ms <= 5 ? "PASS" : "FAIL",
-        notes: wrong ?? `${halfNote(half)}; ${secrets.length} distinct keys; a MySQL lookup per call`,
+        notes:
+          wrong ??
+          `${halfNote(half)}; ${secrets.length} distinct keys; each call a MySQL lookup (p50/p99 ${lookup.p50.toFixed(2)}/${lookup.p99.toFixed(2)} ms)`,
       });
     } finally {
       await child.stop();
@@ -309,7 +315,7 @@ export async function negative(b: Bench, main: MainService): Promise<void> {
   ] as const) {
     const answer = await expectVerify(main.client, key, VerifyCode.NOT_FOUND);
     const before = await main.child.stats();
-    const { max, half } = await maxAndHalf(b, b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(key)]));
+    const { max, half } = await maxAndHalf(b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(key)]));
     await expectVerify(main.client, key, VerifyCode.NOT_FOUND);
     const after = await main.child.stats();
     const lookups = (after.storeCalls.findByHash ?? 0) - (before.storeCalls.findByHash ?? 0);
@@ -331,8 +337,9 @@ export async function negative(b: Bench, main: MainService): Promise<void> {
 
 /**
  * 5. CreateKey against plain mysql2 writing the same rows, at the same
- * concurrency. Keys come from many creators, as in life: one creator's keys
- * all upsert the same member row, which would measure that row's lock.
+ * concurrency. The keys come from many creators, as in an organization, not
+ * all from one (h2load's single body could send nothing else); the raw
+ * writer uses the same creators.
  */
 export async function createKeys(b: Bench, main: MainService): Promise<void> {
   const organizationId = "org_bench_create";
@@ -452,7 +459,9 @@ export async function memory(b: Bench): Promise<void> {
       scenario: `7. RSS with ${sizeLabel(n)} keys cached`,
       target: atTargetSize ? "≤ 250 MB" : "≤ 250 MB at 100k",
       verdict: wrong ? "FAIL" : !atTargetSize ? "info" : full.rss <= limit ? "PASS" : "FAIL",
-      notes: wrong ?? `RSS ${mb(full.rss)} MB, heap ${mb(full.heapUsed)} MB, ${full.cacheSize} entries`,
+      notes:
+        wrong ??
+        `RSS ${mb(full.rss)} MB (heap ${mb(full.heapUsed)} MB); after a full GC ${mb(full.rssAfterGc)} MB (heap ${mb(full.heapAfterGc)} MB); ${full.cacheSize} entries`,
     });
     // Cached verifications of all those keys, then a flush interval for their last-used times.
     const busy = await runLoad("node", spec(b, child.target, VERIFY_PATH, frames, { expectCode: VerifyCode.VALID }));
@@ -476,21 +485,26 @@ export async function memory(b: Bench): Promise<void> {
 
 /**
  * The service under the cached load with node --cpu-prof, apart from the
- * measured runs (profiling slows it down); returns the top self-time functions.
+ * measured runs (profiling slows it down). Keeps the profile as `destination`
+ * (open it in Chrome DevTools or speedscope) and returns the top self-time functions.
  */
-export async function profileCached(b: Bench, main: MainService, dir: string, root: string): Promise<string[]> {
-  await rm(dir, { recursive: true, force: true });
-  await mkdir(dir, { recursive: true });
-  const child = await startServer("service", { env: serviceEnv(b, b.scratchUrl), cpuProfileDir: dir });
+export async function profileCached(b: Bench, main: MainService, destination: string, root: string): Promise<string[]> {
+  const dir = await mkdtemp(join(tmpdir(), "apikeys-bench-profile-"));
   try {
-    await expectVerify(client(child), main.keys.plain, VerifyCode.VALID);
-    await runLoad(b.tool, spec(b, child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]));
+    const child = await startServer("service", { env: serviceEnv(b, b.scratchUrl), cpuProfileDir: dir });
+    try {
+      await expectVerify(client(child), main.keys.plain, VerifyCode.VALID);
+      await runLoad(b.tool, spec(b, child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]));
+    } finally {
+      await child.stop();
+    }
+    const file = (await readdir(dir)).find((f) => f.endsWith(".cpuprofile"));
+    if (!file) throw new Error("the profiled server wrote no CPU profile");
+    await copyFile(join(dir, file), destination);
   } finally {
-    await child.stop();
+    await rm(dir, { recursive: true, force: true });
   }
-  const file = (await readdir(dir)).find((f) => f.endsWith(".cpuprofile"));
-  if (!file) throw new Error(`no CPU profile was written to ${dir}`);
-  return [`profile: ${join(dir, file)}`, ...(await topSelfTime(join(dir, file), 20, root))];
+  return [`profile: ${destination}`, ...(await topSelfTime(destination, 20, root))];
 }
 
 function mb(bytes: number): string {

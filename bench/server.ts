@@ -1,7 +1,7 @@
 // The server under test, run by bench/run.ts as a child process so that the
 // load generator never shares its event loop. Configured from the environment
 // exactly like `npm start`, with one argument:
-//   service   the real service (buildApp), its store wrapped to count calls
+//   service   the real service (buildApp), its store wrapped to count and time calls
 //   baseline  a no-op VerifyKey on the same grpc-js stack (createGrpcServer,
 //             addBinding, the same caller auth and options): the ceiling every
 //             scenario is measured against
@@ -16,19 +16,24 @@ import { loadConfig } from "../src/config.js";
 import { ApiError, Status } from "../src/keys/errors.js";
 import type { Store } from "../src/store/store.js";
 import { CallerAuth } from "../src/transport/auth.js";
-import { NO_OBSERVER, type ServiceBinding } from "../src/transport/bindings.js";
+import type { ServiceBinding } from "../src/transport/bindings.js";
 import { addBinding, createGrpcServer, listenGrpc } from "../src/transport/grpc-server.js";
+import { Samples } from "./stats.js";
 
 /** What the parent reads through the "stats" command (see bench/children.ts). */
 export interface ServerStats {
   rss: number;
   heapUsed: number;
+  /** The same after a full garbage collection: what the process holds on to, garbage aside. */
+  rssAfterGc: number;
+  heapAfterGc: number;
   /** Verifications answered, by VerifyCode number. */
   verified: number[];
-  malformed: number;
   cacheSize: number;
   /** Store calls by method name, e.g. findByHash, touchLastUsed. */
   storeCalls: Record<string, number>;
+  /** Store call latency by method name, over the calls since the previous stats (ms). */
+  storeLatency: Record<string, { p50: number; p99: number }>;
 }
 
 interface Running {
@@ -38,29 +43,52 @@ interface Running {
   stop(): Promise<void>;
 }
 
-/** The store with every call counted: proves which scenarios reach the database, without touching src/. */
-function countingStore(store: Store, calls: Record<string, number>): Store {
+/**
+ * The store with every call counted and timed, without touching src/: shows
+ * which scenarios reach the database, and how much of a cold lookup's time is
+ * the database's.
+ */
+function instrumentedStore(store: Store, calls: Record<string, number>, latencies: Map<string, Samples>): Store {
   return new Proxy(store, {
     get(target, prop, receiver) {
       const value = Reflect.get(target, prop, receiver);
       if (typeof value !== "function" || typeof prop !== "string") return value;
       return (...args: unknown[]) => {
         calls[prop] = (calls[prop] ?? 0) + 1;
-        return value.apply(target, args);
+        const started = performance.now();
+        const result = value.apply(target, args);
+        if (!(result instanceof Promise)) return result;
+        return result.finally(() => {
+          let samples = latencies.get(prop);
+          if (samples === undefined) latencies.set(prop, (samples = new Samples()));
+          samples.add(performance.now() - started);
+        });
       };
     },
   });
 }
 
-function memory(): Pick<ServerStats, "rss" | "heapUsed"> {
-  const m = process.memoryUsage();
-  return { rss: m.rss, heapUsed: m.heapUsed };
+/** Percentiles of the samples, which start again from nothing. */
+function drain(latencies: Map<string, Samples>): ServerStats["storeLatency"] {
+  const out: ServerStats["storeLatency"] = {};
+  for (const [method, samples] of latencies) out[method] = { p50: samples.percentile(50), p99: samples.percentile(99) };
+  latencies.clear();
+  return out;
+}
+
+/** Memory as the OS sees it, then after a full GC (the bench starts servers with --expose-gc). */
+function memory(): Pick<ServerStats, "rss" | "heapUsed" | "rssAfterGc" | "heapAfterGc"> {
+  const before = process.memoryUsage();
+  (globalThis as { gc?: () => void }).gc?.();
+  const after = process.memoryUsage();
+  return { rss: before.rss, heapUsed: before.heapUsed, rssAfterGc: after.rss, heapAfterGc: after.heapUsed };
 }
 
 async function startService(): Promise<Running> {
   const config = loadConfig(process.env, { dev: false });
   const storeCalls: Record<string, number> = {};
-  const app = await buildApp(config, { store: countingStore(await openStore(config), storeCalls) });
+  const storeLatencies = new Map<string, Samples>();
+  const app = await buildApp(config, { store: instrumentedStore(await openStore(config), storeCalls, storeLatencies) });
   const { grpcPort, httpPort } = await app.start();
   return {
     grpcPort,
@@ -68,9 +96,9 @@ async function startService(): Promise<Running> {
     stats: () => ({
       ...memory(),
       verified: Array.from(app.verifier.stats.byCode),
-      malformed: app.verifier.stats.malformed,
       cacheSize: app.cache?.size ?? 0,
       storeCalls,
+      storeLatency: drain(storeLatencies),
     }),
     stop: () => app.stop(),
   };
@@ -104,7 +132,7 @@ async function startBaseline(): Promise<Running> {
   return {
     grpcPort,
     httpPort: 0,
-    stats: () => ({ ...memory(), verified, malformed: 0, cacheSize: 0, storeCalls: {} }),
+    stats: () => ({ ...memory(), verified, cacheSize: 0, storeCalls: {}, storeLatency: {} }),
     stop: () => new Promise((resolve) => server.tryShutdown(() => resolve())),
   };
 }
@@ -115,7 +143,7 @@ async function main(): Promise<void> {
   const running = mode === "service" ? await startService() : await startBaseline();
   // Tagged, because the service's own log lines share stdout.
   const say = (message: object) => process.stdout.write(`${JSON.stringify({ bench: true, ...message })}\n`);
-  say({ grpcPort: running.grpcPort, httpPort: running.httpPort, pid: process.pid });
+  say({ grpcPort: running.grpcPort, httpPort: running.httpPort });
   let stopping: Promise<void> | null = null;
   const stop = () => {
     stopping ??= running.stop().then(() => process.exit(0));
