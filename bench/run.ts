@@ -145,6 +145,7 @@ async function main(): Promise<number> {
     }
   } finally {
     await service?.child.stop();
+    await b.baselineChild?.stop();
     await redis.stop();
     await dropDatabase(options.mysql, scratch);
   }

@@ -68,6 +68,8 @@ export interface Bench {
   scratchUrl: string;
   /** Max-load results of the no-op baseline, by tool. */
   baseline: Partial<Record<Tool, LoadResult>>;
+  /** The no-op baseline server, kept running so in-memory scenarios can be paired with it (see pairedRatio). */
+  baselineChild?: ServerChild;
   log(line: string): void;
   row(row: Row): void;
 }
@@ -145,6 +147,21 @@ function ratioTo(b: Bench, tool: Tool, result: LoadResult): number {
   return result.rps / b.baseline[tool]!.rps;
 }
 
+/**
+ * The ratio of an in-memory scenario to the baseline, measured paired: after
+ * the scenario's max run (B1), the baseline (A1), the scenario again (B2) and
+ * the baseline again (A2), each with the same requests; (B1 + B2) / (A1 + A2).
+ * A shared VM's speed drifts over minutes, so a baseline measured once at the
+ * start made ratios swing by ±0.2 between runs; interleaving cancels drift.
+ */
+async function pairedRatio(b: Bench, scenario: LoadSpec, first: LoadResult): Promise<number> {
+  const baselineSpec = { ...scenario, target: b.baselineChild!.target };
+  const a1 = await runLoad(b.tool, baselineSpec);
+  const b2 = await runLoad(b.tool, scenario);
+  const a2 = await runLoad(b.tool, baselineSpec);
+  return (first.rps + b2.rps) / (a1.rps + a2.rps);
+}
+
 function halfNote(half: LoadResult): string {
   return `p50/p99 at ${Math.round(half.rps)} req/s (½ load)`;
 }
@@ -174,6 +191,7 @@ export async function baseline(b: Bench, main: MainService): Promise<void> {
   const child = await startServer("baseline", {
     env: serviceEnv(b, "mysql://unused/unused", { BENCH_BASELINE_RESPONSE: Buffer.from(encoded).toString("base64") }),
   });
+  b.baselineChild = child;
   try {
     const c = client(child);
     await expectVerify(c, main.keys.plain, VerifyCode.VALID);
@@ -193,18 +211,21 @@ export async function baseline(b: Bench, main: MainService): Promise<void> {
         notes: `${halfNote(half)}; ${encoded.length}-byte answers; RSS ${mb((await child.stats()).rss)} MB`,
       });
     }
-  } finally {
+  } catch (err) {
+    b.baselineChild = undefined;
     await child.stop();
+    throw err;
   }
 }
 
 /** 1. A valid key answered from the cache. */
 export async function cached(b: Bench, main: MainService): Promise<void> {
   const answer = await expectVerify(main.client, main.keys.plain, VerifyCode.VALID);
-  const { max, half } = await maxAndHalf(b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]));
+  const load = spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]);
+  const { max, half } = await maxAndHalf(b.tool, load);
+  const ratio = await pairedRatio(b, load, max);
   await expectVerify(main.client, main.keys.plain, VerifyCode.VALID);
   const wrong = wrongAnswers([max, half], toBinary(VerifyKeyResponseSchema, answer).length);
-  const ratio = ratioTo(b, b.tool, max);
   b.row({
     scenario: "1. cached VerifyKey (valid key)",
     rps: max.rps,
@@ -225,11 +246,12 @@ export async function limits(b: Bench, main: MainService): Promise<void> {
     b.row({ scenario, target: "≥ 0.6×", verdict: "skipped", notes: "skipped: limits not wired" });
     return;
   }
-  const { max, half } = await maxAndHalf(b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.limited, 1)]));
+  const load = spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.limited, 1)]);
+  const { max, half } = await maxAndHalf(b.tool, load);
+  const ratio = await pairedRatio(b, load, max);
   const last = await expectVerify(main.client, main.keys.limited, VerifyCode.VALID, 1);
   const consumed = (first.remainingCredits ?? 0n) - (last.remainingCredits ?? 0n);
   const wrong = wrongAnswers([max, half], toBinary(VerifyKeyResponseSchema, first).length);
-  const ratio = ratioTo(b, b.tool, max);
   b.row({
     scenario,
     rps: max.rps,
@@ -315,13 +337,14 @@ export async function negative(b: Bench, main: MainService): Promise<void> {
   ] as const) {
     const answer = await expectVerify(main.client, key, VerifyCode.NOT_FOUND);
     const before = await main.child.stats();
-    const { max, half } = await maxAndHalf(b.tool, spec(b, main.child.target, VERIFY_PATH, [verifyFrame(key)]));
+    const load = spec(b, main.child.target, VERIFY_PATH, [verifyFrame(key)]);
+    const { max, half } = await maxAndHalf(b.tool, load);
+    const ratio = await pairedRatio(b, load, max);
     await expectVerify(main.client, key, VerifyCode.NOT_FOUND);
     const after = await main.child.stats();
     const lookups = (after.storeCalls.findByHash ?? 0) - (before.storeCalls.findByHash ?? 0);
     const calls = after.verified[VerifyCode.NOT_FOUND] - before.verified[VerifyCode.NOT_FOUND];
     const wrong = wrongAnswers([max, half], toBinary(VerifyKeyResponseSchema, answer).length);
-    const ratio = ratioTo(b, b.tool, max);
     b.row({
       scenario,
       rps: max.rps,

@@ -8,6 +8,13 @@ export interface LimitsRecord {
   monthlyCredits: number;
 }
 
+/** Limits that are all 0 (unlimited) are no limits: null, so such keys skip the limiter. */
+export function normalizeLimits(limits: LimitsRecord | null): LimitsRecord | null {
+  if (limits === null) return null;
+  if (limits.requestsPerMinute === 0 && limits.requestsPerDay === 0 && limits.monthlyCredits === 0) return null;
+  return { ...limits };
+}
+
 export interface KeyRecord {
   id: string;
   organizationId: string;

@@ -8,7 +8,7 @@ import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { type Actor, type Limits, Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { invalidArgument } from "./errors.js";
 import { containsSecret, isValidPrefix } from "./key-format.js";
-import type { LimitsRecord } from "./records.js";
+import { type LimitsRecord, normalizeLimits } from "./records.js";
 
 export const LIMITS = {
   idLength: 128,
@@ -120,12 +120,11 @@ export function checkLimits(field: string, limits: Limits | undefined): LimitsRe
   if (credits < 0n || credits > BigInt(LIMITS.maxCredits)) {
     throw invalidArgument(`${field}.monthly_credits`, `must be between 0 and ${LIMITS.maxCredits}`);
   }
-  const rec = {
+  return normalizeLimits({
     requestsPerMinute: limits.requestsPerMinute,
     requestsPerDay: limits.requestsPerDay,
     monthlyCredits: Number(credits),
-  };
-  return rec.requestsPerMinute === 0 && rec.requestsPerDay === 0 && rec.monthlyCredits === 0 ? null : rec;
+  });
 }
 
 export function checkPageSize(size: number): number {

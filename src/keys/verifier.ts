@@ -17,7 +17,7 @@ import { isWellFormed } from "./key-format.js";
 import type { LastUsedTracker } from "./last-used.js";
 import type { VerifyRecord } from "./records.js";
 import { LIMITS } from "./validation.js";
-import { type CacheValue, UNKNOWN, type VerifyCache, type VerifyEntry, buildEntry } from "./verify-cache.js";
+import { type CacheValue, UNKNOWN, type VerifyCache, type VerifyEntry, buildEntry, isKnown } from "./verify-cache.js";
 
 export interface VerifierOptions {
   store: Store;
@@ -115,7 +115,7 @@ export class Verifier {
   }
 
   private answer(entry: CacheValue, req: VerifyKeyRequest): VerifyKeyResponse | Promise<VerifyKeyResponse> {
-    if (entry === UNKNOWN) {
+    if (!isKnown(entry)) {
       this.stats.byCode[VerifyCode.NOT_FOUND]++;
       return NOT_FOUND;
     }

@@ -35,8 +35,12 @@ export interface VerifyEntry {
 }
 
 /** Marker stored for hashes the database does not know. */
-export const UNKNOWN = null;
+export const UNKNOWN: { readonly unknown: true } = Object.freeze({ unknown: true });
 export type CacheValue = VerifyEntry | typeof UNKNOWN;
+
+export function isKnown(value: CacheValue): value is VerifyEntry {
+  return value !== UNKNOWN;
+}
 
 export interface VerifyCacheOptions {
   maxEntries: number;
@@ -68,14 +72,14 @@ export class VerifyCache {
   /** Bumped by every invalidation; see the file comment. */
   generation = 0;
   private trustedUntil = Number.POSITIVE_INFINITY;
-  // Values are wrapped so that UNKNOWN (null) can be stored.
-  private readonly lru: LRUCache<string, { v: CacheValue }>;
+  private readonly lru: LRUCache<string, CacheValue>;
   private readonly negativeTtlMs: number;
   // Secondary indexes of positive entries, so an invalidation touches only the
   // entries it concerns instead of scanning the cache (which at 100k entries
   // blocked the event loop for tens of milliseconds on every instance). Kept
-  // in step with the LRU through its dispose callback.
-  private readonly byKey = new Map<string, Set<string>>();
+  // in step with the LRU through its dispose callback. A key almost always has
+  // one live secret, so byKey holds a plain hash until a second one appears.
+  private readonly byKey = new Map<string, string | Set<string>>();
   private readonly byOrg = new Map<string, Set<string>>();
   hits = 0;
   misses = 0;
@@ -86,7 +90,7 @@ export class VerifyCache {
       ttl: options.ttlMs,
       updateAgeOnGet: false,
       dispose: (value, hashKey) => {
-        if (value.v !== UNKNOWN) this.unindex(hashKey, value.v);
+        if (isKnown(value)) this.unindex(hashKey, value);
       },
     });
     this.negativeTtlMs = options.negativeTtlMs;
@@ -105,15 +109,15 @@ export class VerifyCache {
       return undefined;
     }
     this.hits++;
-    return hit.v;
+    return hit;
   }
 
   /** Stores a load result unless an invalidation happened since `generation` was read. */
   set(hashKey: string, value: CacheValue, generation: number, now: number): void {
     if (now >= this.trustedUntil || generation !== this.generation) return;
-    this.lru.set(hashKey, { v: value }, value === UNKNOWN ? { ttl: this.negativeTtlMs } : undefined);
-    if (value !== UNKNOWN) {
-      addTo(this.byKey, value.record.key.id, hashKey);
+    this.lru.set(hashKey, value, value === UNKNOWN ? { ttl: this.negativeTtlMs } : undefined);
+    if (isKnown(value)) {
+      addSecret(this.byKey, value.record.key.id, hashKey);
       addTo(this.byOrg, value.record.key.organizationId, hashKey);
     }
   }
@@ -155,17 +159,17 @@ export class VerifyCache {
     return this.lru.size;
   }
 
-  private evict(hashKeys: Set<string> | undefined, match: (e: VerifyEntry) => boolean): void {
+  private evict(hashKeys: string | Set<string> | undefined, match: (e: VerifyEntry) => boolean): void {
     if (hashKeys === undefined) return;
     // Copy: deleting from the LRU disposes, which removes from this very set.
-    for (const hashKey of [...hashKeys]) {
-      const value = this.lru.peek(hashKey, { allowStale: true })?.v;
-      if (value !== undefined && value !== UNKNOWN && match(value)) this.lru.delete(hashKey);
+    for (const hashKey of typeof hashKeys === "string" ? [hashKeys] : [...hashKeys]) {
+      const value = this.lru.peek(hashKey, { allowStale: true });
+      if (value !== undefined && isKnown(value) && match(value)) this.lru.delete(hashKey);
     }
   }
 
   private unindex(hashKey: string, entry: VerifyEntry): void {
-    removeFrom(this.byKey, entry.record.key.id, hashKey);
+    removeSecret(this.byKey, entry.record.key.id, hashKey);
     removeFrom(this.byOrg, entry.record.key.organizationId, hashKey);
   }
 }
@@ -181,4 +185,22 @@ function removeFrom(index: Map<string, Set<string>>, id: string, hashKey: string
   if (set === undefined) return;
   set.delete(hashKey);
   if (set.size === 0) index.delete(id);
+}
+
+function addSecret(index: Map<string, string | Set<string>>, keyId: string, hashKey: string): void {
+  const held = index.get(keyId);
+  if (held === undefined || held === hashKey) index.set(keyId, hashKey);
+  else if (typeof held === "string") index.set(keyId, new Set([held, hashKey]));
+  else held.add(hashKey);
+}
+
+function removeSecret(index: Map<string, string | Set<string>>, keyId: string, hashKey: string): void {
+  const held = index.get(keyId);
+  if (held === undefined) return;
+  if (typeof held === "string") {
+    if (held === hashKey) index.delete(keyId);
+    return;
+  }
+  held.delete(hashKey);
+  if (held.size === 0) index.delete(keyId);
 }

@@ -3,13 +3,13 @@
 // without awaiting, so it is atomic like a transaction. Records are copied on
 // the way in and out: callers never hold the store's own objects.
 import type { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
-import type {
-  AuditRecord,
-  KeyRecord,
-  LimitsRecord,
-  MemberRecord,
-  OrganizationRecord,
-  VerifyRecord,
+import {
+  type AuditRecord,
+  type KeyRecord,
+  type MemberRecord,
+  type OrganizationRecord,
+  type VerifyRecord,
+  normalizeLimits,
 } from "../keys/records.js";
 import type { ChangedKeys, CreatedKey, KeyPatch, ListKeysQuery, NewKey, Page, Rotation, Store } from "./store.js";
 
@@ -262,12 +262,6 @@ function pairKey(a: string, b: string): string {
 }
 
 /** No limits, or all of them 0 (unlimited), are the same: null. */
-function normalizeLimits(limits: LimitsRecord | null): LimitsRecord | null {
-  if (limits === null) return null;
-  if (limits.requestsPerMinute === 0 && limits.requestsPerDay === 0 && limits.monthlyCredits === 0) return null;
-  return { ...limits };
-}
-
 /** A page from up to limit+1 rows, newest first: the extra row only says that there is more. */
 function pageOf<T>(rows: { seq: number; record: T }[], limit: number): Page<T> {
   const items = rows.slice(0, limit);

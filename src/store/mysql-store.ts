@@ -3,13 +3,14 @@
 // mysql2 read and write them as UTC, so epoch milliseconds survive exactly.
 import type { Pool, ResultSetHeader, RowDataPacket } from "mysql2/promise";
 import type { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
-import type {
-  AuditRecord,
-  KeyRecord,
-  LimitsRecord,
-  MemberRecord,
-  OrganizationRecord,
-  VerifyRecord,
+import {
+  type AuditRecord,
+  type KeyRecord,
+  type LimitsRecord,
+  type MemberRecord,
+  type OrganizationRecord,
+  type VerifyRecord,
+  normalizeLimits,
 } from "../keys/records.js";
 import { runMigrations } from "./migrate.js";
 import { CONNECT_TIMEOUT_MS, type Queryable, TimedPool, createPool, errorCode, guard } from "./mysql-pool.js";
@@ -155,21 +156,23 @@ export class MySqlStore implements Store {
           // would serialise (and under bursts deadlock) every create in the
           // organization. Writing only when something is missing or changed keeps
           // creates independent; a racing SetMemberRole is just a later report.
-          const [orgs] = await conn.query<RowDataPacket[]>("SELECT 1 FROM organizations WHERE id = ?", [key.organizationId]);
-          if (orgs.length === 0) {
+          // One round trip for both: does the organization exist, and what is the creator's role?
+          const [[seen]] = await conn.query<RowDataPacket[]>(
+            `SELECT EXISTS (SELECT 1 FROM organizations WHERE id = ?) AS org,
+                    (SELECT role FROM members WHERE organization_id = ? AND user_id = ?) AS role`,
+            [key.organizationId, key.organizationId, key.createdBy],
+          );
+          if (!seen.org) {
             await conn.query("INSERT IGNORE INTO organizations (id, api_access_enabled, update_time) VALUES (?, TRUE, ?)", [
               key.organizationId,
               toDate(key.createTime),
             ]);
           }
-          const [members] = await conn.query<RowDataPacket[]>(
-            "SELECT role FROM members WHERE organization_id = ? AND user_id = ?",
-            [key.organizationId, key.createdBy],
-          );
-          const memberChanged = members.length === 0 || members[0].role !== input.creatorRole;
+          const memberChanged = seen.role === null || seen.role !== input.creatorRole;
           if (memberChanged) await upsertMember(conn, key.organizationId, key.createdBy, input.creatorRole, key.createTime);
           await insertAudit(conn, input.audit);
-          return { key: (await selectKey(conn, key.organizationId, key.id))!, memberChanged };
+          // Stored exactly as given (times keep their milliseconds), so no read-back is needed.
+          return { key: { ...key, limits: normalizeLimits(key.limits) }, memberChanged };
         });
         return { ...inserted, created: true };
       } catch (err) {
@@ -499,11 +502,11 @@ function keyColumns(key: KeyRecord): Record<string, unknown> {
 
 /** No limits, or all of them 0 (unlimited), are stored alike: three NULLs. */
 function limitColumns(limits: LimitsRecord | null): Record<string, number | null> {
-  const none = limits === null || (limits.requestsPerMinute === 0 && limits.requestsPerDay === 0 && limits.monthlyCredits === 0);
+  const stored = normalizeLimits(limits);
   return {
-    requests_per_minute: none ? null : limits.requestsPerMinute,
-    requests_per_day: none ? null : limits.requestsPerDay,
-    monthly_credits: none ? null : limits.monthlyCredits,
+    requests_per_minute: stored?.requestsPerMinute ?? null,
+    requests_per_day: stored?.requestsPerDay ?? null,
+    monthly_credits: stored?.monthlyCredits ?? null,
   };
 }
 

@@ -44,9 +44,19 @@ function digest(token: string): Buffer {
   return createHash("sha256").update(token, "utf8").digest();
 }
 
+/** Header spellings remembered per process (see CallerAuth.known); callers rarely use more than one each. */
+const MAX_KNOWN_HEADERS = 256;
+
 export class CallerAuth {
   private readonly byDigest = new Map<string, { digest: Buffer; caller: Caller }>();
   private readonly byCertIdentity = new Map<string, Caller>();
+  /**
+   * Authorization headers that have already authenticated, so a known caller's
+   * every call does not pay a regex and a SHA-256. Only headers that matched a
+   * configured token enter it (so it is bounded by the callers and their few
+   * header spellings); a guess never does, and is always checked in constant time.
+   */
+  private readonly known = new Map<string, Caller>();
   private readonly allowAnonymous: boolean;
 
   constructor(callers: CallerConfig[], allowUnauthenticated: boolean) {
@@ -82,11 +92,14 @@ export class CallerAuth {
   }
 
   private byToken(authorization: string): Caller {
+    const known = this.known.get(authorization);
+    if (known !== undefined) return known;
     const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
     if (!match) throw unauthenticated("authorization must be `Bearer <token>`");
     const d = digest(match[1]);
     const found = this.byDigest.get(d.toString("latin1"));
     if (!found || !timingSafeEqual(found.digest, d)) throw unauthenticated("unknown caller token");
+    if (this.known.size < MAX_KNOWN_HEADERS) this.known.set(authorization, found.caller);
     return found.caller;
   }
 

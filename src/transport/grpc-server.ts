@@ -56,6 +56,9 @@ export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
     "grpc.keepalive_time_ms": 60_000,
     "grpc.keepalive_timeout_ms": 20_000,
     "grpc.keepalive_permit_without_calls": 1,
+    // Channelz keeps per-call statistics for a debugging service we do not
+    // expose; it showed in the hot path's profile (about 8% inclusive).
+    "grpc.enable_channelz": 0,
   });
 }
 
