@@ -1,12 +1,14 @@
 // Prometheus metrics (prom-client), served at HTTP_PORT/metrics. Two kinds:
-// - RPC latency, recorded as each call finishes, into histogram children bound
-//   once per method, code and protocol (no label object built per call);
+// - RPC latency, recorded as each call finishes into a series of plain bucket
+//   counters bound once per method, code and protocol (RpcHistogram below):
+//   a few array writes per call, where prom-client's Histogram hashes its
+//   labels on every observation;
 // - numbers the domain already counts as plain fields (verify outcomes, cache,
 //   broadcast, last-used, pool), read in collect() when Prometheus scrapes, so
 //   they add nothing to the hot path.
 // Label values are method names, status and outcome names and the protocol:
 // never anything a caller sends.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
 import { VerifyCodeSchema } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { RedisBroadcast } from "../broadcast/redis-broadcast.js";
 import type { LastUsedTracker } from "../keys/last-used.js";
@@ -42,19 +44,17 @@ const RPC_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 export class Metrics {
   readonly registry = new Registry();
-  private readonly rpcDuration: Histogram<"service" | "method" | "code" | "protocol">;
+  private readonly rpcDuration: RpcHistogram;
   private readonly byPath = new Map<string, MethodSeries>();
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
-    this.rpcDuration = new Histogram({
-      name: "apikeys_rpc_duration_seconds",
-      help: "Time to answer an RPC, by method, gRPC status code and protocol (grpc = gRPC port, connect = Connect/gRPC-Web on the HTTP port). _count is the number of calls.",
-      labelNames: ["service", "method", "code", "protocol"],
-      buckets: RPC_BUCKETS,
-      registers,
-    });
+    this.rpcDuration = new RpcHistogram(
+      "apikeys_rpc_duration_seconds",
+      "Time to answer an RPC, by method, gRPC status code and protocol (grpc = gRPC port, connect = Connect/gRPC-Web on the HTTP port). _count is the number of calls.",
+    );
+    this.registry.registerMetric(this.rpcDuration as never);
 
     const { verifier, cache, broadcast, lastUsed, pool } = sources;
     const outcomes = VerifyCodeSchema.values.filter((v) => v.number !== 0);
@@ -111,7 +111,9 @@ export class Metrics {
   recordRpc(path: string, code: number, protocol: Protocol, seconds: number): void {
     const series = this.byPath.get(path) ?? this.addMethod(path);
     const children = series[protocol];
-    (children[code] ??= this.rpcDuration.labels(series.service, series.method, statusName(code), protocol)).observe(seconds);
+    (children[code] ??= this.rpcDuration.series({ service: series.service, method: series.method, code: statusName(code), protocol })).observe(
+      seconds,
+    );
   }
 
   /** GET /metrics in the Prometheus text format. */
@@ -132,6 +134,62 @@ export class Metrics {
     const series: MethodSeries = { service: path.slice(1, slash), method: path.slice(slash + 1), grpc: [], connect: [] };
     this.byPath.set(path, series);
     return series;
+  }
+}
+
+/** One label combination's buckets (not cumulative: they are summed when scraped), sum and count. */
+class Series implements Observe {
+  readonly buckets = new Float64Array(RPC_BUCKETS.length + 1); // the last one is +Inf
+  sum = 0;
+  count = 0;
+
+  constructor(readonly labels: Readonly<Record<string, string>>) {}
+
+  observe(seconds: number): void {
+    let i = 0;
+    while (i < RPC_BUCKETS.length && seconds > RPC_BUCKETS[i]) i++;
+    this.buckets[i]++;
+    this.sum += seconds;
+    this.count++;
+  }
+}
+
+/**
+ * A Prometheus histogram for the registry (prom-client formats what get()
+ * returns), whose observations cost a few array writes and no allocation.
+ */
+class RpcHistogram {
+  readonly type = "histogram";
+  private readonly all: Series[] = [];
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+  ) {}
+
+  series(labels: Record<string, string>): Series {
+    const s = new Series(labels);
+    this.all.push(s);
+    return s;
+  }
+
+  get() {
+    const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
+    for (const s of this.all) {
+      let cumulative = 0;
+      for (let i = 0; i <= RPC_BUCKETS.length; i++) {
+        cumulative += s.buckets[i];
+        const le = i < RPC_BUCKETS.length ? RPC_BUCKETS[i] : "+Inf";
+        values.push({ metricName: `${this.name}_bucket`, labels: { le, ...s.labels }, value: cumulative });
+      }
+      values.push({ metricName: `${this.name}_sum`, labels: s.labels, value: s.sum });
+      values.push({ metricName: `${this.name}_count`, labels: s.labels, value: s.count });
+    }
+    return { name: this.name, help: this.help, type: this.type, values, aggregator: "sum" };
+  }
+
+  reset(): void {
+    this.all.length = 0;
   }
 }
 
