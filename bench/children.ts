@@ -1,11 +1,9 @@
-// The processes a bench run starts: servers under test (bench/server.ts), a
-// private redis-server, and the Node load generator (bench/loadgen.ts).
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { createServer } from "node:net";
+// The processes a bench run starts: servers under test (bench/server.ts) and
+// the Node load generator (bench/loadgen.ts).
+import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { Redis } from "ioredis";
 import type { ServerStats } from "./server.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -86,65 +84,3 @@ function parseTagged(line: string): Record<string, unknown> | null {
   return JSON.parse(line) as Record<string, unknown>;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-export interface PrivateRedis {
-  readonly url: string;
-  stop(): Promise<void>;
-}
-
-/**
- * A redis-server of the bench's own: other people's tests on the shared Redis
- * would otherwise receive (and acknowledge) this run's invalidations, and theirs
- * would reach the bench's instances.
- */
-export async function startRedis(): Promise<PrivateRedis> {
-  const port = await freePort();
-  const proc: ChildProcess = spawn(
-    "redis-server",
-    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-    { stdio: "ignore" },
-  );
-  const failed = new Promise<never>((_, reject) => {
-    proc.once("error", (err) => reject(new Error(`cannot start redis-server (is it installed?): ${err.message}`)));
-  });
-  const url = `redis://127.0.0.1:${port}`;
-  await Promise.race([failed, waitForRedis(url)]);
-  return {
-    url,
-    async stop() {
-      if (proc.exitCode !== null) return;
-      await new Promise((resolve) => {
-        proc.once("exit", resolve);
-        proc.kill("SIGTERM");
-      });
-    },
-  };
-}
-
-async function waitForRedis(url: string): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-    probe.on("error", () => {}); // refused while it starts: expected
-    try {
-      await probe.connect();
-      await probe.ping();
-      return;
-    } catch {
-      if (Date.now() > deadline) throw new Error(`redis-server at ${url} did not start`);
-      await new Promise((r) => setTimeout(r, 50));
-    } finally {
-      probe.disconnect();
-    }
-  }
-}

@@ -19,7 +19,8 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import mysql from "mysql2/promise";
 import type { RowDataPacket } from "mysql2/promise";
-import { buildBench, startRedis } from "./children.js";
+import { TestRedis } from "../test/helpers/redis.js";
+import { buildBench } from "./children.js";
 import { ensureH2load } from "./h2load.js";
 import type { Tool } from "./load.js";
 import { type Results, type Row, describeMachine, fileStem, machine, renderTable, writeResults } from "./report.js";
@@ -98,7 +99,9 @@ async function main(): Promise<number> {
   const rows: Row[] = [];
   // Per run (the service creates it): two runs at once must not count each other's keys.
   const scratch = `apikeys_bench_scratch_${randomBytes(4).toString("hex")}`;
-  const redis = await startRedis();
+  // A redis-server of the bench's own: other people's tests on the shared Redis would otherwise
+  // receive (and acknowledge) this run's invalidations, and theirs would reach the bench's instances.
+  const redis = await TestRedis.start();
   const b: Bench = {
     settings,
     tool,
@@ -146,7 +149,7 @@ async function main(): Promise<number> {
   } finally {
     await service?.child.stop();
     await b.baselineChild?.stop();
-    await redis.stop();
+    await redis.kill();
     await dropDatabase(options.mysql, scratch);
   }
 
