@@ -11,18 +11,35 @@
 //   instance renews by receiving its own pings through Redis, so an instance
 //   that might be missing invalidations stops using its cache by itself.
 import { LRUCache } from "lru-cache";
-import type { ApiKey, Principal, VerifyKeyResponse } from "../../gen/apikeys/v1/apikeys_pb.js";
+import type { ApiKey, Principal, Role, VerifyKeyResponse } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { Invalidation } from "./invalidation.js";
 import { toApiKey, toPrincipal } from "./mapping.js";
+import type { LimitedKey } from "../limits/usage-limiter.js";
 import type { VerifyRecord } from "./records.js";
 
+/**
+ * A cached key: the few facts verification decides on, and the answer
+ * messages (which hold everything else). The record it was built from is not
+ * kept: at 100k cached keys every field held twice is megabytes.
+ */
 export interface VerifyEntry {
-  readonly record: VerifyRecord;
+  readonly keyId: string;
+  readonly organizationId: string;
+  readonly createdBy: string;
+  readonly revokeTime: number | null;
+  readonly expireTime: number | null;
+  /** When this particular secret stops working (rotation grace), or null. */
+  readonly secretExpireTime: number | null;
+  /** The creator's current role; null when no longer a member. */
+  readonly memberRole: Role | null;
+  readonly orgEnabled: boolean;
+  /** The key as the limiter sees it; null when it has no limits. */
+  readonly limited: LimitedKey | null;
   /** Prebuilt for responses; state as of load time (expiry is re-checked per call). */
   readonly apiKey: ApiKey;
   readonly principal: Principal;
   /** Exact scopes, and prefixes of "x:*" wildcards; allScopes when the key has no scopes or "*". */
-  readonly scopes: ReadonlySet<string>;
+  readonly scopes: readonly string[];
   readonly wildcards: readonly string[];
   readonly allScopes: boolean;
   /**
@@ -33,6 +50,8 @@ export interface VerifyEntry {
    */
   readonly responses: (VerifyKeyResponse | undefined)[];
 }
+
+const NONE: readonly string[] = Object.freeze([]);
 
 /** Marker stored for hashes the database does not know. */
 export const UNKNOWN: { readonly unknown: true } = Object.freeze({ unknown: true });
@@ -49,20 +68,29 @@ export interface VerifyCacheOptions {
 }
 
 export function buildEntry(record: VerifyRecord, now: number): VerifyEntry {
-  const scopes = new Set<string>();
+  const key = record.key;
+  const scopes: string[] = [];
   const wildcards: string[] = [];
-  let allScopes = record.key.scopes.length === 0;
-  for (const s of record.key.scopes) {
+  let allScopes = key.scopes.length === 0;
+  for (const s of key.scopes) {
     if (s === "*") allScopes = true;
     else if (s.endsWith(":*")) wildcards.push(s.slice(0, -1)); // "documents:*" → "documents:"
-    else scopes.add(s);
+    else scopes.push(s);
   }
   return {
-    record,
-    apiKey: toApiKey(record.key, now),
+    keyId: key.id,
+    organizationId: key.organizationId,
+    createdBy: key.createdBy,
+    revokeTime: key.revokeTime,
+    expireTime: key.expireTime,
+    secretExpireTime: record.secretExpireTime,
+    memberRole: record.memberRole,
+    orgEnabled: record.orgEnabled,
+    limited: key.limits === null ? null : { id: key.id, limits: key.limits },
+    apiKey: toApiKey(key, now),
     principal: toPrincipal(record),
-    scopes,
-    wildcards,
+    scopes: scopes.length === 0 ? NONE : scopes,
+    wildcards: wildcards.length === 0 ? NONE : wildcards,
     allScopes,
     responses: [],
   };
@@ -117,8 +145,8 @@ export class VerifyCache {
     if (now >= this.trustedUntil || generation !== this.generation) return;
     this.lru.set(hashKey, value, value === UNKNOWN ? { ttl: this.negativeTtlMs } : undefined);
     if (isKnown(value)) {
-      addSecret(this.byKey, value.record.key.id, hashKey);
-      addTo(this.byOrg, value.record.key.organizationId, hashKey);
+      addSecret(this.byKey, value.keyId, hashKey);
+      addTo(this.byOrg, value.organizationId, hashKey);
     }
   }
 
@@ -130,7 +158,7 @@ export class VerifyCache {
         for (const id of event.keyIds) this.evict(this.byKey.get(id), () => true);
         break;
       case "member":
-        this.evict(this.byOrg.get(event.organizationId), (e) => e.record.key.createdBy === event.userId);
+        this.evict(this.byOrg.get(event.organizationId), (e) => e.createdBy === event.userId);
         break;
       case "org":
         this.evict(this.byOrg.get(event.organizationId), () => true);
@@ -169,8 +197,8 @@ export class VerifyCache {
   }
 
   private unindex(hashKey: string, entry: VerifyEntry): void {
-    removeSecret(this.byKey, entry.record.key.id, hashKey);
-    removeFrom(this.byOrg, entry.record.key.organizationId, hashKey);
+    removeSecret(this.byKey, entry.keyId, hashKey);
+    removeFrom(this.byOrg, entry.organizationId, hashKey);
   }
 }
 

@@ -1,8 +1,7 @@
 // Usage limits for one process (dev mode): the same windows, checks and
 // all-or-nothing rule as the Redis limiter, with counters in a map. Nothing is
 // shared or persisted, which is right for a single in-memory instance.
-import type { KeyRecord, LimitsRecord } from "../keys/records.js";
-import type { ManagedUsageLimiter, UsageOutcome } from "./usage-limiter.js";
+import type { LimitedKey, ManagedUsageLimiter, UsageOutcome } from "./usage-limiter.js";
 import { DAY_MS, MINUTE_MS, MonthClock, usageOutcome } from "./windows.js";
 
 interface Counters {
@@ -18,7 +17,7 @@ export class MemoryUsageLimiter implements ManagedUsageLimiter {
   private readonly counters = new Map<string, Counters>();
   private readonly months = new MonthClock();
 
-  consume(key: KeyRecord & { limits: LimitsRecord }, cost: number, now: number): Promise<UsageOutcome> {
+  consume(key: LimitedKey, cost: number, now: number): Promise<UsageOutcome> {
     const limits = key.limits;
     const minute = Math.floor(now / MINUTE_MS);
     const day = Math.floor(now / DAY_MS);

@@ -25,10 +25,10 @@
 // requests and credits, which are what customers pay for.
 import { Redis } from "ioredis";
 import { unavailable } from "../keys/errors.js";
-import type { KeyRecord, LimitsRecord } from "../keys/records.js";
+import type { LimitsRecord } from "../keys/records.js";
 import type { Logger } from "../logger.js";
 import type { CreditLedger, CreditUsage } from "./credit-ledger.js";
-import type { ManagedUsageLimiter, UsageOutcome, UsageVerdict } from "./usage-limiter.js";
+import type { LimitedKey, ManagedUsageLimiter, UsageOutcome, UsageVerdict } from "./usage-limiter.js";
 import { DAY_MS, MINUTE_MS, MonthClock, usageOutcome } from "./windows.js";
 
 const CREDITS_PREFIX = "apikeys:v1:cr:{";
@@ -155,7 +155,7 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
     this.timer.unref();
   }
 
-  async consume(key: KeyRecord & { limits: LimitsRecord }, cost: number, now: number): Promise<UsageOutcome> {
+  async consume(key: LimitedKey, cost: number, now: number): Promise<UsageOutcome> {
     const limits = key.limits;
     const id = key.id;
     const month = this.months.at(now);

@@ -1,6 +1,12 @@
 // The port between VerifyKey and usage limits (rate limits, monthly credits).
 import type { RateLimitState } from "../../gen/apikeys/v1/apikeys_pb.js";
-import type { KeyRecord, LimitsRecord } from "../keys/records.js";
+import type { LimitsRecord } from "../keys/records.js";
+
+/** What the limiter needs of a key (prebuilt per cached key, so a verification allocates none). */
+export interface LimitedKey {
+  readonly id: string;
+  readonly limits: LimitsRecord;
+}
 
 export type UsageVerdict = "ok" | "rate_limited" | "usage_exceeded";
 
@@ -18,7 +24,7 @@ export interface UsageLimiter {
    * credits, atomically and across every instance: all or nothing. Called only
    * for keys that are otherwise valid and have limits.
    */
-  consume(key: KeyRecord & { limits: LimitsRecord }, cost: number, now: number): Promise<UsageOutcome>;
+  consume(key: LimitedKey, cost: number, now: number): Promise<UsageOutcome>;
 }
 
 /** A limiter as the app runs it: started and stopped with the app. */
