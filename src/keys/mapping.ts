@@ -1,6 +1,6 @@
 // Records → protobuf messages. The only place that knows both shapes.
 import { create } from "@bufbuild/protobuf";
-import { type Timestamp, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { type Timestamp, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import {
   type ApiKey,
   ApiKeySchema,
@@ -21,10 +21,6 @@ import type { AuditRecord, KeyRecord, LimitsRecord, MemberRecord, OrganizationRe
 
 function ts(ms: number | null): Timestamp | undefined {
   return ms === null ? undefined : timestampFromMs(ms);
-}
-
-export function msOf(t: Timestamp): number {
-  return timestampMs(t);
 }
 
 /** ACTIVE, REVOKED, or EXPIRED when past expire_time at `now`. */

@@ -85,8 +85,9 @@ export class Verifier {
     const hashKey = this.hasher.hashKey(key);
     const cache = this.cache;
     if (cache !== null) {
-      const cached = cache.get(hashKey, this.now());
-      if (cached !== undefined) return this.answer(cached, req);
+      const now = this.now();
+      const cached = cache.get(hashKey, now);
+      if (cached !== undefined) return this.answer(cached, req, now);
     }
     return this.load(hashKey, req);
   }
@@ -103,8 +104,9 @@ export class Verifier {
       // Never "not found" because a dependency failed.
       throw err instanceof ApiError ? err : unavailable("database", err);
     }
-    cache?.set(hashKey, value, generation, this.now());
-    return this.answer(value, req);
+    const now = this.now();
+    cache?.set(hashKey, value, generation, now);
+    return this.answer(value, req, now);
   }
 
   /**
@@ -120,12 +122,11 @@ export class Verifier {
     return record;
   }
 
-  private answer(entry: CacheValue, req: VerifyKeyRequest): VerifyKeyResponse | Promise<VerifyKeyResponse> {
+  private answer(entry: CacheValue, req: VerifyKeyRequest, now: number): VerifyKeyResponse | Promise<VerifyKeyResponse> {
     if (!isKnown(entry)) {
       this.stats.byCode[VerifyCode.NOT_FOUND]++;
       return NOT_FOUND;
     }
-    const now = this.now();
     const code = this.decide(entry, req, now);
     // Usage limits apply only to keys that are otherwise valid, and cost keys without limits nothing.
     if (code === VerifyCode.VALID && entry.limited !== null && this.limiter !== null) {

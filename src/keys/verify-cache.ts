@@ -178,11 +178,6 @@ export class VerifyCache {
     if (until > this.trustedUntil) this.trustedUntil = until;
   }
 
-  clear(): void {
-    this.generation++;
-    this.lru.clear();
-  }
-
   get size(): number {
     return this.lru.size;
   }
