@@ -145,9 +145,11 @@ export class MemoryStore implements Store {
     reason: string,
     now: number,
     audit: AuditRecord,
+    mayRevoke: (key: KeyRecord) => void,
   ): Promise<{ key: KeyRecord; changed: boolean } | null> {
     const key = this.find(organizationId, keyId);
     if (key === null) return null;
+    mayRevoke(copy(key));
     if (key.revokeTime !== null) return { key: copy(key), changed: false };
     revoke(key, revokedBy, reason, now);
     this.addAudit(audit);

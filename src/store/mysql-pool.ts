@@ -61,6 +61,11 @@ export class TimedConnection {
     return this.timed(this.conn.execute<T>({ sql, timeout: QUERY_TIMEOUT_MS }, values));
   }
 
+  /** Values escaped into SQL exactly as `query` does it (the pool's time zone and charset). */
+  format(sql: string, values: QueryValues): string {
+    return this.conn.format(sql, values as never);
+  }
+
   release(): void {
     if (this.broken) this.conn.destroy();
     else this.conn.release();
@@ -79,6 +84,71 @@ export class TimedConnection {
 /** What both a single statement and a transaction run on. */
 export type Queryable = Pick<TimedConnection, "query">;
 
+/**
+ * A transaction's statements. Statements are queued with `later` and travel
+ * with the next `query`, or with the COMMIT, as one multi-statement round
+ * trip, in order: a transaction of six statements costs one or two round trips
+ * instead of eight. A queued statement's result is in its slot once its batch
+ * was sent. A queued statement that fails fails the call that sent it, and the
+ * whole transaction is rolled back.
+ */
+export interface Transaction extends Queryable {
+  later<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Slot<T>;
+  /** Sends what is queued and COMMIT (the transaction's end; without it, COMMIT follows the work). */
+  commit(): Promise<void>;
+}
+
+/** Where a queued statement's result lands when its batch has been sent. */
+export interface Slot<T> {
+  result?: T;
+}
+
+class PipelinedTransaction implements Transaction {
+  private pending: string[] = ["START TRANSACTION"];
+  private slots: (Slot<unknown> | undefined)[] = [undefined];
+  committed = false;
+
+  constructor(private readonly conn: TimedConnection) {}
+
+  later<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Slot<T> {
+    if (this.committed) throw new Error("the transaction has been committed");
+    const slot: Slot<T> = {};
+    this.pending.push(values === undefined ? sql : this.conn.format(sql, values));
+    this.slots.push(slot as Slot<unknown>);
+    return slot;
+  }
+
+  async query<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Promise<[T, FieldPacket[]]> {
+    if (this.pending.length === 0) return this.conn.query<T>(sql, values);
+    this.later(sql, values);
+    return this.flush<T>();
+  }
+
+  async commit(): Promise<void> {
+    if (this.committed) return;
+    this.later("COMMIT");
+    this.committed = true;
+    await this.flush();
+  }
+
+  /** Sends every queued statement in one round trip; the last one's result. */
+  private async flush<T extends QueryResult>(): Promise<[T, FieldPacket[]]> {
+    const batch = this.pending;
+    const slots = this.slots;
+    this.pending = [];
+    this.slots = [];
+    if (batch.length === 1) {
+      const answer = await this.conn.query<T>(batch[0]);
+      if (slots[0]) slots[0].result = answer[0];
+      return answer;
+    }
+    const [results, fields] = await this.conn.query<QueryResult[] & T>(batch.join(";\n"));
+    for (let i = 0; i < slots.length; i++) if (slots[i]) slots[i]!.result = results[i];
+    const last = batch.length - 1;
+    return [results[last] as T, (fields as unknown as FieldPacket[][])[last]];
+  }
+}
+
 /** A pool with the options every user of it needs: UTC times, the schema's collation, exact big numbers. */
 export function createPool(url: string, connectionLimit: number): Pool {
   return mysql.createPool({
@@ -92,6 +162,13 @@ export function createPool(url: string, connectionLimit: number): Pool {
     bigNumberStrings: true,
     // MySQL returns JSON columns parsed, MariaDB as text; this makes both text.
     jsonStrings: true,
+    // Transactions send their statements in batches (see Transaction). Every
+    // value reaches SQL through placeholders, never by concatenation, so this
+    // widens nothing an attacker controls.
+    multipleStatements: true,
+    // No stack capture per statement (it was 8% of a CreateKey's CPU); errors
+    // keep the driver's own stack.
+    trace: false,
   });
 }
 
@@ -141,13 +218,13 @@ export class TimedPool {
    * as a deadlock victim. A connection that cannot even roll back is broken
    * and is dropped rather than returned to the pool.
    */
-  async transaction<T>(work: (conn: Queryable) => Promise<T>): Promise<T> {
+  async transaction<T>(work: (tx: Transaction) => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       const conn = await this.acquire();
       try {
-        await conn.query("START TRANSACTION");
-        const result = await work(conn);
-        await conn.query("COMMIT");
+        const tx = new PipelinedTransaction(conn);
+        const result = await work(tx);
+        await tx.commit();
         return result;
       } catch (err) {
         // A broken connection is not asked to roll back (that would wait behind the stuck

@@ -13,8 +13,11 @@ import {
   normalizeLimits,
 } from "../keys/records.js";
 import { runMigrations } from "./migrate.js";
-import { CONNECT_TIMEOUT_MS, type Queryable, TimedPool, createPool, errorCode, guard } from "./mysql-pool.js";
+import { CONNECT_TIMEOUT_MS, type Queryable, TimedPool, type Transaction, createPool, errorCode, guard } from "./mysql-pool.js";
 import type { ChangedKeys, CreatedKey, KeyPatch, ListKeysQuery, NewKey, Page, Rotation, Store } from "./store.js";
+
+/** Keys per last-used UPDATE: small enough not to stall the event loop or MariaDB, large enough to stay rare. */
+export const LAST_USED_CHUNK = 1000;
 
 /** The revoke reason of keys revoked because their creator left the organization. */
 const MEMBER_REMOVED_REASON = "member removed";
@@ -146,33 +149,35 @@ export class MySqlStore implements Store {
     const requestId = input.requestId === "" ? null : input.requestId;
     return guard(async () => {
       try {
-        const inserted = await this.db.transaction(async (conn) => {
-          // The key goes first: a concurrent retry of the same request waits
-          // on its unique (organization, request) entry and then fails with a
-          // duplicate before it has touched anything else.
-          await conn.query("INSERT INTO api_keys SET ?", [{ ...keyColumns(key), request_id: requestId }]);
-          await conn.query("INSERT INTO key_secrets (hash, key_id, expire_time) VALUES (?, ?, NULL)", [input.hash, key.id]);
-          // Plain reads, no locks: a lock on the organization or member row here
-          // would serialise (and under bursts deadlock) every create in the
-          // organization. Writing only when something is missing or changed keeps
-          // creates independent; a racing SetMemberRole is just a later report.
-          // One round trip for both: does the organization exist, and what is the creator's role?
-          const [[seen]] = await conn.query<RowDataPacket[]>(
-            `SELECT EXISTS (SELECT 1 FROM organizations WHERE id = ?) AS org,
-                    (SELECT role FROM members WHERE organization_id = ? AND user_id = ?) AS role`,
-            [key.organizationId, key.organizationId, key.createdBy],
+        const inserted = await this.db.transaction(async (tx) => {
+          // One round trip. The key goes first: a concurrent retry of the same
+          // request waits on its unique (organization, request) entry and then
+          // fails with a duplicate before it has touched anything else.
+          tx.later("INSERT INTO api_keys SET ?", [{ ...keyColumns(key), request_id: requestId }]);
+          tx.later("INSERT INTO key_secrets (hash, key_id, expire_time) VALUES (?, ?, NULL)", [input.hash, key.id]);
+          // The creator's role before this call: if it changes, instances may hold the creator's keys with the old one.
+          const before = tx.later<RowDataPacket[]>("SELECT role FROM members WHERE organization_id = ? AND user_id = ?", [
+            key.organizationId,
+            key.createdBy,
+          ]);
+          // Existing rows get shared locks only (INSERT IGNORE) or are left as they are when nothing changed, so
+          // creates of different users never wait for each other; one user's concurrent creates queue on their
+          // member row until commit.
+          tx.later("INSERT IGNORE INTO organizations (id, api_access_enabled, update_time) VALUES (?, TRUE, ?)", [
+            key.organizationId,
+            toDate(key.createTime),
+          ]);
+          // The member row as the creator's current role; its update time moves only when the role does.
+          tx.later(
+            `INSERT INTO members (organization_id, user_id, role, update_time) VALUES (?, ?, ?, ?)
+             ON DUPLICATE KEY UPDATE update_time = IF(role = VALUES(role), update_time, VALUES(update_time)), role = VALUES(role)`,
+            [key.organizationId, key.createdBy, input.creatorRole, toDate(key.createTime)],
           );
-          if (!seen.org) {
-            await conn.query("INSERT IGNORE INTO organizations (id, api_access_enabled, update_time) VALUES (?, TRUE, ?)", [
-              key.organizationId,
-              toDate(key.createTime),
-            ]);
-          }
-          const memberChanged = seen.role === null || seen.role !== input.creatorRole;
-          if (memberChanged) await upsertMember(conn, key.organizationId, key.createdBy, input.creatorRole, key.createTime);
-          await insertAudit(conn, input.audit);
+          insertAudit(tx, input.audit);
+          await tx.commit();
+          const previous = before.result![0]?.role as number | undefined;
           // Stored exactly as given (times keep their milliseconds), so no read-back is needed.
-          return { key: { ...key, limits: normalizeLimits(key.limits) }, memberChanged };
+          return { key: { ...key, limits: normalizeLimits(key.limits) }, memberChanged: previous !== input.creatorRole };
         });
         return { ...inserted, created: true };
       } catch (err) {
@@ -250,7 +255,7 @@ export class MySqlStore implements Store {
           [columns, organizationId, keyId],
         );
         if (res.affectedRows === 0) return null;
-        await insertAudit(conn, audit);
+        insertAudit(conn, audit);
         return selectKey(conn, organizationId, keyId);
       }),
     );
@@ -279,7 +284,7 @@ export class MySqlStore implements Store {
           );
         }
         await conn.query("INSERT INTO key_secrets (hash, key_id, expire_time) VALUES (?, ?, NULL)", [rotation.newHash, keyId]);
-        await insertAudit(conn, audit);
+        insertAudit(conn, audit);
         return selectKey(conn, organizationId, keyId);
       }),
     );
@@ -292,18 +297,22 @@ export class MySqlStore implements Store {
     reason: string,
     now: number,
     audit: AuditRecord,
+    mayRevoke: (key: KeyRecord) => void,
   ): Promise<{ key: KeyRecord; changed: boolean } | null> {
     return guard(() =>
-      this.db.transaction(async (conn) => {
-        const [rows] = await conn.query<KeyRow[]>(
+      this.db.transaction(async (tx) => {
+        const [rows] = await tx.query<KeyRow[]>(
           `SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.id = ? FOR UPDATE`,
           [organizationId, keyId],
         );
         if (rows.length === 0) return null;
-        if (rows[0].revoke_time !== null) return { key: toKey(rows[0]), changed: false };
-        await revokeSeqs(conn, [rows[0].seq], revokedBy, reason, now);
-        await insertAudit(conn, audit);
-        return { key: (await selectKey(conn, organizationId, keyId))!, changed: true };
+        const key = toKey(rows[0]);
+        mayRevoke(key); // on the locked row: nobody can change its creator in between
+        if (key.revokeTime !== null) return { key, changed: false };
+        revokeSeqs(tx, [rows[0].seq], revokedBy, reason, now);
+        insertAudit(tx, audit);
+        // Sent with the COMMIT; the row is locked, so this is what it now holds.
+        return { key: { ...key, revokeTime: now, revokedBy, revokeReason: reason, updateTime: now }, changed: true };
       }),
     );
   }
@@ -319,7 +328,7 @@ export class MySqlStore implements Store {
     return guard(() =>
       this.db.transaction(async (conn) => {
         const changed = await revokeCreatedBy(conn, organizationId, createdBy, revokedBy, reason, now);
-        await insertAudit(conn, audit);
+        insertAudit(conn, audit);
         return changed;
       }),
     );
@@ -328,8 +337,8 @@ export class MySqlStore implements Store {
   setMemberRole(organizationId: string, userId: string, role: Role, now: number, audit: AuditRecord): Promise<MemberRecord> {
     return guard(() =>
       this.db.transaction(async (conn) => {
-        await upsertMember(conn, organizationId, userId, role, now);
-        await insertAudit(conn, audit);
+        upsertMember(conn, organizationId, userId, role, now);
+        insertAudit(conn, audit);
         return { organizationId, userId, role, updateTime: now };
       }),
     );
@@ -342,7 +351,7 @@ export class MySqlStore implements Store {
         const changed = revokeKeys
           ? await revokeCreatedBy(conn, organizationId, userId, audit.actorUserId, MEMBER_REMOVED_REASON, now)
           : { keyIds: [] };
-        await insertAudit(conn, audit);
+        insertAudit(conn, audit);
         return changed;
       }),
     );
@@ -356,7 +365,7 @@ export class MySqlStore implements Store {
            ON DUPLICATE KEY UPDATE api_access_enabled = VALUES(api_access_enabled), update_time = VALUES(update_time)`,
           [organizationId, enabled, toDate(now)],
         );
-        await insertAudit(conn, audit);
+        insertAudit(conn, audit);
         return { id: organizationId, apiAccessEnabled: enabled, updateTime: now };
       }),
     );
@@ -388,20 +397,27 @@ export class MySqlStore implements Store {
 
   touchLastUsed(entries: ReadonlyMap<string, number>): Promise<void> {
     if (entries.size === 0) return Promise.resolve();
-    const rows: string[] = [];
-    const params: unknown[] = [];
-    for (const [keyId, time] of entries) {
-      rows.push(rows.length === 0 ? "SELECT ? AS id, CAST(? AS DATETIME(3)) AS t" : "SELECT ?, CAST(? AS DATETIME(3))");
-      params.push(keyId, toDate(time));
-    }
     return guard(async () => {
-      await this.db.run((db) =>
-        db.query(
-          `UPDATE api_keys k JOIN (${rows.join(" UNION ALL ")}) v ON k.id = v.id
-           SET k.last_used_time = GREATEST(COALESCE(k.last_used_time, v.t), v.t)`,
-          params,
-        ),
-      );
+      // In chunks, one after another: a single statement for every key used in an interval (tens of
+      // thousands under load) blocked the event loop while it was formatted and held a connection and
+      // MariaDB's CPU long enough to show in verification tail latency.
+      const all = [...entries];
+      for (let at = 0; at < all.length; at += LAST_USED_CHUNK) {
+        const chunk = all.slice(at, at + LAST_USED_CHUNK);
+        const rows: string[] = [];
+        const params: unknown[] = [];
+        for (const [keyId, time] of chunk) {
+          rows.push(rows.length === 0 ? "SELECT ? AS id, CAST(? AS DATETIME(3)) AS t" : "SELECT ?, CAST(? AS DATETIME(3))");
+          params.push(keyId, toDate(time));
+        }
+        await this.db.run((db) =>
+          db.query(
+            `UPDATE api_keys k JOIN (${rows.join(" UNION ALL ")}) v ON k.id = v.id
+             SET k.last_used_time = GREATEST(COALESCE(k.last_used_time, v.t), v.t)`,
+            params,
+          ),
+        );
+      }
     });
   }
 }
@@ -416,16 +432,18 @@ async function selectKey(db: Queryable, organizationId: string, keyId: string): 
   return rows.length === 0 ? null : toKey(rows[0]);
 }
 
-async function upsertMember(conn: Queryable, organizationId: string, userId: string, role: Role, now: number): Promise<void> {
-  await conn.query(
+/** Queued: sent with the transaction's next statement or its COMMIT. */
+function upsertMember(tx: Transaction, organizationId: string, userId: string, role: Role, now: number): void {
+  tx.later(
     `INSERT INTO members (organization_id, user_id, role, update_time) VALUES (?, ?, ?, ?)
      ON DUPLICATE KEY UPDATE role = VALUES(role), update_time = VALUES(update_time)`,
     [organizationId, userId, role, toDate(now)],
   );
 }
 
-async function insertAudit(conn: Queryable, audit: AuditRecord): Promise<void> {
-  await conn.query("INSERT INTO audit_events SET ?", [
+/** Queued: sent with the transaction's next statement or its COMMIT. */
+function insertAudit(tx: Transaction, audit: AuditRecord): void {
+  tx.later("INSERT INTO audit_events SET ?", [
     {
       id: audit.id,
       organization_id: audit.organizationId,
@@ -441,8 +459,8 @@ async function insertAudit(conn: Queryable, audit: AuditRecord): Promise<void> {
 }
 
 /** Revokes the keys at these positions (rows the caller has locked). */
-async function revokeSeqs(conn: Queryable, seqs: string[], revokedBy: string, reason: string, now: number): Promise<void> {
-  await conn.query("UPDATE api_keys SET revoke_time = ?, revoked_by = ?, revoke_reason = ?, update_time = ? WHERE seq IN (?)", [
+function revokeSeqs(tx: Transaction, seqs: string[], revokedBy: string, reason: string, now: number): void {
+  tx.later("UPDATE api_keys SET revoke_time = ?, revoked_by = ?, revoke_reason = ?, update_time = ? WHERE seq IN (?)", [
     toDate(now),
     revokedBy,
     reason,
@@ -452,7 +470,7 @@ async function revokeSeqs(conn: Queryable, seqs: string[], revokedBy: string, re
 }
 
 async function revokeCreatedBy(
-  conn: Queryable,
+  conn: Transaction,
   organizationId: string,
   createdBy: string,
   revokedBy: string,
@@ -463,7 +481,7 @@ async function revokeCreatedBy(
     "SELECT seq, id FROM api_keys WHERE organization_id = ? AND created_by = ? AND revoke_time IS NULL FOR UPDATE",
     [organizationId, createdBy],
   );
-  if (rows.length > 0) await revokeSeqs(conn, rows.map((r) => r.seq as string), revokedBy, reason, now);
+  if (rows.length > 0) revokeSeqs(conn, rows.map((r) => r.seq as string), revokedBy, reason, now);
   return { keyIds: rows.map((r) => r.id as string) };
 }
 

@@ -114,6 +114,8 @@ export interface Store {
     reason: string,
     now: number,
     audit: AuditRecord,
+    /** Called with the key (locked, where the store locks) before anything changes; what it throws aborts the revoke. */
+    mayRevoke: (key: KeyRecord) => void,
   ): Promise<{ key: KeyRecord; changed: boolean } | null>;
   /** Revokes every unrevoked key createdBy made in the organization; returns their ids. */
   revokeKeysCreatedBy(

@@ -40,6 +40,9 @@ function listQuery(organizationId: string, fields: Partial<ListKeysQuery> = {}):
   return { organizationId, projectId: "", createdBy: "", showRevoked: true, after: null, limit: 100, ...fields };
 }
 
+/** A revoke policy that allows everything. */
+const ALLOW = (): void => {};
+
 export function describeStoreContract(name: string, open: () => Promise<{ store: Store; cleanup: () => Promise<void> }>): void {
   describe(`${name} store contract`, () => {
     let store: Store;
@@ -243,7 +246,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const b1 = (await create(org, { key: { projectId: "p1", createdBy: "u_b" } })).key;
         const a2 = (await create(org, { key: { projectId: "p2", createdBy: "u_a" } })).key;
         const revoked = (await create(org, { key: { projectId: "p1", createdBy: "u_a" } })).key;
-        await store.revokeKey(org, revoked.id, "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"));
+        await store.revokeKey(org, revoked.id, "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"), ALLOW);
         await create(uid("org"), { key: { projectId: "p1", createdBy: "u_a" } });
 
         const ids = async (fields: Partial<ListKeysQuery>) => (await listAll(listQuery(org, { limit: 2, ...fields }))).map((k) => k.id);
@@ -268,7 +271,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       it("finds a revoked key, revoked", async () => {
         const org = uid("org");
         const { input, key } = await create(org);
-        await store.revokeKey(org, key.id, "u_admin", "leaked", T0 + MINUTE, auditRecord(org, "key.revoke"));
+        await store.revokeKey(org, key.id, "u_admin", "leaked", T0 + MINUTE, auditRecord(org, "key.revoke"), ALLOW);
         const found = await store.findByHash(input.hash);
         expect(found!.key.id).toBe(key.id);
         expect(found!.key.revokeTime).toBe(T0 + MINUTE);
@@ -442,7 +445,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       it("never changes a revoked key (rotation or update)", async () => {
         const org = uid("org");
         const { input, key } = await create(org);
-        await store.revokeKey(org, key.id, "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"));
+        await store.revokeKey(org, key.id, "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"), ALLOW);
         const revoked = await store.getKey(org, key.id);
         const newHash = secretHash();
         const rotation = { newHash, newPreview: "p", oldSecretExpireTime: T0 + 2 };
@@ -456,13 +459,28 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
     });
 
     describe("revokeKey", () => {
+      it("asks mayRevoke about the stored key first; what it throws aborts the revoke", async () => {
+        const org = uid("org");
+        const { key } = await create(org, { key: { createdBy: "u_owner" } });
+        const seen: KeyRecord[] = [];
+        const denied = new Error("not yours");
+        const attempt = store.revokeKey(org, key.id, "u_other", "", T0 + 1, auditRecord(org, "key.revoke"), (k) => {
+          seen.push(k);
+          throw denied;
+        });
+        await expect(attempt).rejects.toBe(denied);
+        expect(seen.map((k) => [k.id, k.createdBy])).toEqual([[key.id, "u_owner"]]);
+        expect(await store.getKey(org, key.id)).toEqual(key);
+        expect((await auditEvents(org)).map((e) => e.action)).toEqual(["key.create"]);
+      });
+
       it("revokes once; a second revoke returns the key unchanged", async () => {
         const org = uid("org");
         const { key } = await create(org);
-        const first = await store.revokeKey(org, key.id, "u_admin", "leaked", T0 + MINUTE, auditRecord(org, "key.revoke"));
+        const first = await store.revokeKey(org, key.id, "u_admin", "leaked", T0 + MINUTE, auditRecord(org, "key.revoke"), ALLOW);
         const revoked = { ...key, revokeTime: T0 + MINUTE, revokedBy: "u_admin", revokeReason: "leaked", updateTime: T0 + MINUTE };
         expect(first).toEqual({ key: revoked, changed: true });
-        const second = await store.revokeKey(org, key.id, "u_other", "again", T0 + 2 * MINUTE, auditRecord(org, "key.revoke"));
+        const second = await store.revokeKey(org, key.id, "u_other", "again", T0 + 2 * MINUTE, auditRecord(org, "key.revoke"), ALLOW);
         expect(second).toEqual({ key: revoked, changed: false });
         expect(await store.getKey(org, key.id)).toEqual(revoked);
         expect((await auditEvents(org)).map((e) => e.action)).toEqual(["key.revoke", "key.create"]);
@@ -472,8 +490,8 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const org = uid("org");
         const other = uid("org");
         const { key } = await create(org);
-        expect(await store.revokeKey(other, key.id, "u_admin", "", T0 + 1, auditRecord(other, "key.revoke"))).toBeNull();
-        expect(await store.revokeKey(org, uid("key"), "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"))).toBeNull();
+        expect(await store.revokeKey(other, key.id, "u_admin", "", T0 + 1, auditRecord(other, "key.revoke"), ALLOW)).toBeNull();
+        expect(await store.revokeKey(org, uid("key"), "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"), ALLOW)).toBeNull();
         expect((await store.getKey(org, key.id))!.revokeTime).toBeNull();
         expect(await auditEvents(other)).toEqual([]);
       });
@@ -488,7 +506,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const already = (await create(org, { key: { createdBy: "u_a" } })).key;
         const b = (await create(org, { key: { createdBy: "u_b" } })).key;
         const elsewhere = (await create(other, { key: { createdBy: "u_a" } })).key;
-        await store.revokeKey(org, already.id, "u_a", "", T0 + 1, auditRecord(org, "key.revoke"));
+        await store.revokeKey(org, already.id, "u_a", "", T0 + 1, auditRecord(org, "key.revoke"), ALLOW);
 
         const changed = await store.revokeKeysCreatedBy(org, "u_a", "u_admin", "left", T0 + 2, auditRecord(org, "key.revoke_all"));
         expect([...changed.keyIds].sort()).toEqual([a1.id, a2.id].sort());
@@ -599,6 +617,19 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         expect((await store.getKey(org, b.id))!.updateTime).toBe(b.updateTime);
         expect(await auditEvents(org)).toHaveLength(3);
       });
+
+      it("records batches larger than one statement's worth (MySQL writes them in chunks)", async () => {
+        const org = uid("org");
+        const keys = await Promise.all(Array.from({ length: 5 }, () => create(org)));
+        // 2,500 entries: unknown ids around the real keys, which sit in the first, middle and last chunk.
+        const times = new Map<string, number>();
+        for (let i = 0; i < 2500; i++) times.set(uid("gone"), T0);
+        const positions = [0, 999, 1000, 1700, 2499];
+        const entries = [...times];
+        positions.forEach((p, i) => entries.splice(p, 0, [keys[i].key.id, T0 + 100 + i]));
+        await store.touchLastUsed(new Map(entries));
+        for (const [i, { key }] of keys.entries()) expect((await store.getKey(org, key.id))!.lastUsedTime).toBe(T0 + 100 + i);
+      });
     });
 
     describe("audit events", () => {
@@ -622,7 +653,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         await store.setMemberRole(org, "u_b", Role.ADMIN, T0, next("member.set_role"));
         await store.setApiAccess(org, false, T0, next("org.disable_api", { actorUserId: "" }));
         await store.revokeKeysCreatedBy(org, "u_b", "u_admin", "", T0, next("key.revoke_all"));
-        await store.revokeKey(org, key.id, "u_admin", "", T0, next("key.revoke", { details: { reason: "ünïcode ✓" } }));
+        await store.revokeKey(org, key.id, "u_admin", "", T0, next("key.revoke", { details: { reason: "ünïcode ✓" } }), ALLOW);
         await store.removeMember(org, "u_a", true, T0, next("member.remove"));
         expect(await auditEvents(org)).toEqual([...events].reverse());
         expect(await auditEvents(uid("org"))).toEqual([]);

@@ -1,0 +1,96 @@
+// TimedPool's transactions against MariaDB: statements queued with `later`
+// travel with the next query or the COMMIT, and a failure anywhere in a batch
+// rolls the whole transaction back.
+import mysql from "mysql2/promise";
+import type { RowDataPacket } from "mysql2/promise";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { TimedConnection, TimedPool, createPool } from "../../src/store/mysql-pool.js";
+import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
+
+describe("TimedPool.transaction", () => {
+  let db: TestDatabase;
+  let pool: TimedPool;
+
+  const rows = async () => {
+    const [result] = await pool.run((c) => c.query<RowDataPacket[]>("SELECT v FROM t ORDER BY v"));
+    return result.map((r) => r.v as string);
+  };
+  beforeAll(async () => {
+    db = await freshDatabase();
+    const admin = await mysql.createConnection(db.url.slice(0, db.url.lastIndexOf("/")));
+    await admin.query(`CREATE DATABASE \`${db.name}\``);
+    await admin.end();
+    // One connection: the session counters below are that connection's.
+    pool = new TimedPool(createPool(db.url, 1));
+    await pool.run((c) => c.query("CREATE TABLE t (v VARCHAR(20) PRIMARY KEY)"));
+  });
+
+  afterAll(async () => {
+    await pool?.end();
+    await db?.drop();
+  });
+
+  it("sends queued statements with the next query, in order, and the rest with the COMMIT", async () => {
+    await pool.run((c) => c.query("DELETE FROM t"));
+    const seen = await pool.transaction(async (tx) => {
+      tx.later("INSERT INTO t (v) VALUES (?)", ["a"]);
+      tx.later("INSERT INTO t (v) VALUES (?)", ["b"]);
+      const [result] = await tx.query<RowDataPacket[]>("SELECT COUNT(*) AS n FROM t WHERE v IN (?)", [["a", "b"]]);
+      tx.later("INSERT INTO t (v) VALUES (?)", ["c"]);
+      return Number(result[0].n);
+    });
+    expect(seen).toBe(2);
+    expect(await rows()).toEqual(["a", "b", "c"]);
+  });
+
+  it("takes two round trips for START, an insert, a read, an insert and COMMIT", async () => {
+    const sent = vi.spyOn(TimedConnection.prototype, "query");
+    try {
+      await pool.transaction(async (tx) => {
+        tx.later("INSERT INTO t (v) VALUES (?)", ["rt1"]);
+        await tx.query("SELECT 1");
+        tx.later("INSERT INTO t (v) VALUES (?)", ["rt2"]);
+      });
+      expect(sent.mock.calls.map(([sql]) => sql.split(";\n").map((q) => q.split(" ")[0]))).toEqual([
+        ["START", "INSERT", "SELECT"],
+        ["INSERT", "COMMIT"],
+      ]);
+    } finally {
+      sent.mockRestore();
+    }
+    expect(await rows()).toContain("rt2");
+  });
+
+  it("rolls everything back when a queued statement fails, and reports its error", async () => {
+    await pool.run((c) => c.query("DELETE FROM t"));
+    await pool.run((c) => c.query("INSERT INTO t (v) VALUES ('dup')"));
+    const attempt = pool.transaction(async (tx) => {
+      tx.later("INSERT INTO t (v) VALUES (?)", ["first"]);
+      tx.later("INSERT INTO t (v) VALUES (?)", ["dup"]); // duplicate key, sent with the COMMIT
+      tx.later("INSERT INTO t (v) VALUES (?)", ["after"]);
+    });
+    await expect(attempt).rejects.toMatchObject({ code: "ER_DUP_ENTRY" });
+    expect(await rows()).toEqual(["dup"]);
+    // The connection is clean afterwards: no transaction left open on it.
+    await pool.transaction(async (tx) => tx.later("INSERT INTO t (v) VALUES (?)", ["next"]));
+    expect(await rows()).toEqual(["dup", "next"]);
+  });
+
+  it("rolls back queued statements when the work itself throws", async () => {
+    await pool.run((c) => c.query("DELETE FROM t"));
+    const attempt = pool.transaction(async (tx) => {
+      tx.later("INSERT INTO t (v) VALUES (?)", ["x"]);
+      await tx.query("SELECT 1"); // x is written (uncommitted) here
+      throw new Error("policy says no");
+    });
+    await expect(attempt).rejects.toThrow("policy says no");
+    expect(await rows()).toEqual([]);
+  });
+
+  it("escapes queued values as query does (quotes, times in UTC)", async () => {
+    await pool.run((c) => c.query("DELETE FROM t"));
+    const tricky = "'); DROP TABLE t; --";
+    await pool.transaction(async (tx) => tx.later("INSERT INTO t (v) VALUES (?)", [tricky.slice(0, 20)]));
+    expect(await rows()).toEqual([tricky.slice(0, 20)]);
+  });
+});
