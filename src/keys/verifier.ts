@@ -3,7 +3,6 @@
 // miss returns a promise.
 import { create } from "@bufbuild/protobuf";
 import {
-  KeyState,
   type VerifyKeyRequest,
   type VerifyKeyResponse,
   VerifyKeyResponseSchema,
@@ -17,7 +16,7 @@ import { isWellFormed } from "./key-format.js";
 import type { LastUsedTracker } from "./last-used.js";
 import type { VerifyRecord } from "./records.js";
 import { LIMITS } from "./validation.js";
-import { type CacheValue, UNKNOWN, type VerifyCache, type VerifyEntry, buildEntry, isKnown } from "./verify-cache.js";
+import { type CacheValue, type ScopeRules, UNKNOWN, type VerifyCache, type VerifyEntry, buildEntry, isKnown, recode, withUsage } from "./verify-cache.js";
 
 export interface VerifierOptions {
   store: Store;
@@ -44,7 +43,7 @@ const USAGE_CODES: Record<UsageVerdict, VerifyCode> = {
   usage_exceeded: VerifyCode.USAGE_EXCEEDED,
 };
 
-// Frozen: shared by every caller (see VerifyEntry.responses).
+// Frozen: shared by every caller, encoded once by the gRPC transport.
 const NOT_FOUND: VerifyKeyResponse = Object.freeze(create(VerifyKeyResponseSchema, { valid: false, code: VerifyCode.NOT_FOUND }));
 
 export class Verifier {
@@ -140,50 +139,43 @@ export class Verifier {
     return this.respond(entry, code, now, undefined);
   }
 
+  /**
+   * The entry's prebuilt answer for `code`: a cached verification allocates
+   * nothing, and the gRPC transport sends the answer's bytes as they are.
+   * Answers with usage data are built per call, from the same bytes.
+   */
   private respond(entry: VerifyEntry, code: VerifyCode, now: number, usage: UsageOutcome | undefined): VerifyKeyResponse {
     this.stats.byCode[code]++;
     if (code === VerifyCode.VALID) this.lastUsed.touch(entry.keyId, now);
-    if (usage === undefined) {
-      const cached = entry.responses[code];
-      if (cached !== undefined) return cached;
-    }
-    let apiKey = entry.apiKey;
-    if (code === VerifyCode.EXPIRED && apiKey.state === KeyState.ACTIVE) {
-      apiKey = { ...apiKey, state: KeyState.EXPIRED };
-    }
-    const response = create(VerifyKeyResponseSchema, {
-      valid: code === VerifyCode.VALID,
-      code,
-      key: apiKey,
-      principal: entry.principal,
-      remainingCredits: usage?.remainingCredits,
-      rateLimit: usage?.rateLimit,
-    });
-    if (usage !== undefined) return response;
-    entry.responses[code] = Object.freeze(response);
-    return response;
+    if (usage !== undefined) return withUsage(entry.answer, code, usage.remainingCredits, usage.rateLimit);
+    const answer = entry.answer;
+    if (answer.code === code) return answer;
+    const other = entry.other;
+    if (other !== null && other.code === code) return other;
+    return (entry.other = recode(answer, code));
   }
 
   private decide(entry: VerifyEntry, req: VerifyKeyRequest, now: number): VerifyCode {
-    if (entry.revokeTime !== null) return VerifyCode.REVOKED;
-    if ((entry.expireTime !== null && now >= entry.expireTime) || (entry.secretExpireTime !== null && now >= entry.secretExpireTime)) {
-      return VerifyCode.EXPIRED;
-    }
-    if (!entry.orgEnabled || entry.memberRole === null) return VerifyCode.DISABLED;
-    if (!entry.allScopes) {
+    // The answer's code is the state as of load: REVOKED, DISABLED or VALID.
+    const code = entry.answer.code;
+    if (code === VerifyCode.REVOKED) return code;
+    if (entry.expireTime !== null && now >= entry.expireTime) return VerifyCode.EXPIRED;
+    if (code === VerifyCode.DISABLED) return code;
+    const scopes = entry.scopes;
+    if (!scopes.all) {
       const required = req.requiredScopes;
       for (let i = 0; i < required.length; i++) {
-        if (!grants(entry, required[i])) return VerifyCode.INSUFFICIENT_SCOPE;
+        if (!grants(scopes, required[i])) return VerifyCode.INSUFFICIENT_SCOPE;
       }
     }
     return VerifyCode.VALID;
   }
 }
 
-function grants(entry: VerifyEntry, scope: string): boolean {
-  // A key has a handful of scopes: a scan beats a Set, and costs no Set per cached key.
-  if (entry.scopes.includes(scope)) return true;
-  const wildcards = entry.wildcards;
+function grants(scopes: ScopeRules, scope: string): boolean {
+  // A key has a handful of scopes: a scan beats a Set, and costs no Set per scope list.
+  if (scopes.exact.includes(scope)) return true;
+  const wildcards = scopes.wildcards;
   for (let i = 0; i < wildcards.length; i++) if (scope.startsWith(wildcards[i])) return true;
   return false;
 }

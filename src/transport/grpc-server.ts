@@ -4,6 +4,7 @@
 import { type DescMessage, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { ApiError, Status, invalidArgument } from "../keys/errors.js";
+import { ENCODING } from "../keys/verify-cache.js";
 import type { CallerAuth } from "./auth.js";
 import type { CallObserver, ServiceBinding } from "./bindings.js";
 import { type InternalErrorSink, toGrpcError } from "./errors.js";
@@ -16,14 +17,18 @@ function toBuffer(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-// Encodings of frozen messages. The domain freezes the answers it reuses
-// (e.g. a cached key's VALID response), so their bytes never change; encoding
-// is the largest cost of a cached VerifyKey, and this makes it a lookup.
+// Encoding is the largest cost of a cached VerifyKey; two ways make it none.
+// A cached key's answers carry their own encoding (EncodedVerifyKeyResponse,
+// src/keys/verify-cache.ts): sent as they are. Other messages the domain
+// reuses are frozen (e.g. NOT_FOUND), so their bytes never change: encoded
+// once and remembered here.
 const frozenEncodings = new WeakMap<object, Buffer>();
 
 function encoder(schema: DescMessage) {
   return (message: unknown): Buffer => {
-    const m = message as object;
+    const m = message as { readonly [ENCODING]?: Buffer };
+    const prebuilt = m[ENCODING];
+    if (prebuilt !== undefined) return prebuilt;
     if (!Object.isFrozen(m)) return toBuffer(toBinary(schema, m as never));
     let bytes = frozenEncodings.get(m);
     if (bytes === undefined) {
