@@ -81,22 +81,23 @@ export class Verifier {
       this.stats.byCode[VerifyCode.NOT_FOUND]++;
       return NOT_FOUND;
     }
-    const hashKey = this.hasher.hashKey(key);
+    const cacheKey = this.hasher.cacheKey(key);
     const cache = this.cache;
     if (cache !== null) {
       const now = this.now();
-      const cached = cache.get(hashKey, now);
+      const cached = cache.get(cacheKey, now);
       if (cached !== undefined) return this.answer(cached, req, now);
     }
-    return this.load(hashKey, req);
+    return this.load(cacheKey, req);
   }
 
-  private async load(hashKey: string, req: VerifyKeyRequest): Promise<VerifyKeyResponse> {
+  private async load(cacheKey: string, req: VerifyKeyRequest): Promise<VerifyKeyResponse> {
     const cache = this.cache;
     const generation = cache ? cache.generation : 0;
     let value: CacheValue;
     try {
-      const hash = Buffer.from(hashKey, "latin1");
+      // The stored hash is the peppered HMAC; only misses pay for it.
+      const hash = this.hasher.hash(req.key);
       const record = (await this.store.findByHash(hash)) ?? (await this.findUnderPreviousPepper(req.key, hash));
       value = record === null ? UNKNOWN : buildEntry(record, this.now());
     } catch (err) {
@@ -104,7 +105,7 @@ export class Verifier {
       throw err instanceof ApiError ? err : unavailable("database", err);
     }
     const now = this.now();
-    cache?.set(hashKey, value, generation, now);
+    cache?.set(cacheKey, value, generation, now);
     return this.answer(value, req, now);
   }
 

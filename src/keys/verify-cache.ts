@@ -1,11 +1,11 @@
-// The in-process verification cache: secret hash → what VerifyKey needs,
-// prepared once. An entry keeps only the few facts verification decides on
-// and its answer already encoded, the bytes the gRPC transport sends; the
-// ApiKey and Principal messages are not kept (at 100k cached keys they were
-// most of the process's heap) and are decoded from those bytes only when
-// something reads them (the Connect transport, ext_authz). Negative entries
-// remember unknown hashes so floods of well-formed but unknown keys do not
-// reach the database.
+// The in-process verification cache: a secret's cache key (a SHA-256 of it,
+// SecretHasher.cacheKey) → what VerifyKey needs, prepared once. An entry keeps
+// only the few facts verification decides on and its answer already encoded,
+// the bytes the gRPC transport sends; the ApiKey and Principal messages are
+// not kept (at 100k cached keys they were most of the process's heap) and are
+// decoded from those bytes only when something reads them (the Connect
+// transport, ext_authz). Negative entries remember unknown hashes so floods of
+// well-formed but unknown keys do not reach the database.
 //
 // Correctness rules:
 // - Every invalidation bumps `generation`; a database load that started before
@@ -382,9 +382,9 @@ export class VerifyCache {
       max: options.maxEntries,
       ttl: options.ttlMs,
       updateAgeOnGet: false,
-      dispose: (value, hashKey) => {
+      dispose: (value, cacheKey) => {
         if (!isKnown(value)) return;
-        this.unindex(hashKey, value);
+        this.unindex(cacheKey, value);
         this.slabs.release(value.answer);
       },
     });
@@ -396,9 +396,9 @@ export class VerifyCache {
   }
 
   /** The cached value, or undefined on a miss (also whenever the cache is not trusted at `now`). */
-  get(hashKey: string, now: number): CacheValue | undefined {
+  get(cacheKey: string, now: number): CacheValue | undefined {
     if (now >= this.trustedUntil) return undefined;
-    const hit = this.lru.get(hashKey);
+    const hit = this.lru.get(cacheKey);
     if (hit === undefined) {
       this.misses++;
       return undefined;
@@ -408,12 +408,12 @@ export class VerifyCache {
   }
 
   /** Stores a load result unless an invalidation happened since `generation` was read. */
-  set(hashKey: string, value: CacheValue, generation: number, now: number): void {
+  set(cacheKey: string, value: CacheValue, generation: number, now: number): void {
     if (now >= this.trustedUntil || generation !== this.generation) return;
-    this.lru.set(hashKey, value, value === UNKNOWN ? { ttl: this.negativeTtlMs } : undefined);
+    this.lru.set(cacheKey, value, value === UNKNOWN ? { ttl: this.negativeTtlMs } : undefined);
     if (isKnown(value)) {
-      addSecret(this.byKey, value.keyId, hashKey);
-      addTo(this.byOrg, value.organizationId, hashKey);
+      addSecret(this.byKey, value.keyId, cacheKey);
+      addTo(this.byOrg, value.organizationId, cacheKey);
       this.slabs.adopt(value.answer);
     }
   }
@@ -452,48 +452,48 @@ export class VerifyCache {
     return this.lru.size;
   }
 
-  private evict(hashKeys: string | Set<string> | undefined, match: (e: VerifyEntry) => boolean): void {
-    if (hashKeys === undefined) return;
+  private evict(cacheKeys: string | Set<string> | undefined, match: (e: VerifyEntry) => boolean): void {
+    if (cacheKeys === undefined) return;
     // Copy: deleting from the LRU disposes, which removes from this very set.
-    for (const hashKey of typeof hashKeys === "string" ? [hashKeys] : [...hashKeys]) {
-      const value = this.lru.peek(hashKey, { allowStale: true });
-      if (value !== undefined && isKnown(value) && match(value)) this.lru.delete(hashKey);
+    for (const cacheKey of typeof cacheKeys === "string" ? [cacheKeys] : [...cacheKeys]) {
+      const value = this.lru.peek(cacheKey, { allowStale: true });
+      if (value !== undefined && isKnown(value) && match(value)) this.lru.delete(cacheKey);
     }
   }
 
-  private unindex(hashKey: string, entry: VerifyEntry): void {
-    removeSecret(this.byKey, entry.keyId, hashKey);
-    removeFrom(this.byOrg, entry.organizationId, hashKey);
+  private unindex(cacheKey: string, entry: VerifyEntry): void {
+    removeSecret(this.byKey, entry.keyId, cacheKey);
+    removeFrom(this.byOrg, entry.organizationId, cacheKey);
   }
 }
 
-function addTo(index: Map<string, Set<string>>, id: string, hashKey: string): void {
+function addTo(index: Map<string, Set<string>>, id: string, cacheKey: string): void {
   const set = index.get(id);
-  if (set === undefined) index.set(id, new Set([hashKey]));
-  else set.add(hashKey);
+  if (set === undefined) index.set(id, new Set([cacheKey]));
+  else set.add(cacheKey);
 }
 
-function removeFrom(index: Map<string, Set<string>>, id: string, hashKey: string): void {
+function removeFrom(index: Map<string, Set<string>>, id: string, cacheKey: string): void {
   const set = index.get(id);
   if (set === undefined) return;
-  set.delete(hashKey);
+  set.delete(cacheKey);
   if (set.size === 0) index.delete(id);
 }
 
-function addSecret(index: Map<string, string | Set<string>>, keyId: string, hashKey: string): void {
+function addSecret(index: Map<string, string | Set<string>>, keyId: string, cacheKey: string): void {
   const held = index.get(keyId);
-  if (held === undefined || held === hashKey) index.set(keyId, hashKey);
-  else if (typeof held === "string") index.set(keyId, new Set([held, hashKey]));
-  else held.add(hashKey);
+  if (held === undefined || held === cacheKey) index.set(keyId, cacheKey);
+  else if (typeof held === "string") index.set(keyId, new Set([held, cacheKey]));
+  else held.add(cacheKey);
 }
 
-function removeSecret(index: Map<string, string | Set<string>>, keyId: string, hashKey: string): void {
+function removeSecret(index: Map<string, string | Set<string>>, keyId: string, cacheKey: string): void {
   const held = index.get(keyId);
   if (held === undefined) return;
   if (typeof held === "string") {
-    if (held === hashKey) index.delete(keyId);
+    if (held === cacheKey) index.delete(keyId);
     return;
   }
-  held.delete(hashKey);
+  held.delete(cacheKey);
   if (held.size === 0) index.delete(keyId);
 }
