@@ -30,6 +30,8 @@ export interface ServerChild {
   /** host:port of its gRPC port. */
   readonly target: string;
   stats(): Promise<ServerStats>;
+  /** The server's RSS in bytes, read without collecting garbage first (unlike stats). */
+  rss(): Promise<number>;
   /** Graceful stop: in-flight calls drain, last-used times flush, a CPU profile is written. */
   stop(): Promise<void>;
 }
@@ -68,6 +70,12 @@ export async function startServer(mode: "service" | "baseline", options: ServerO
       return new Promise((resolve) => {
         replies.push((m) => resolve(m as unknown as ServerStats));
         child.stdin!.write("stats\n");
+      });
+    },
+    rss() {
+      return new Promise((resolve) => {
+        replies.push((m) => resolve(m.rss as number));
+        child.stdin!.write("rss\n");
       });
     },
     async stop() {

@@ -171,6 +171,7 @@ async function main(): Promise<void> {
   const lines = createInterface({ input: process.stdin });
   lines.on("line", (line) => {
     if (line === "stats") say(running.stats());
+    else if (line === "rss") say({ rss: process.memoryUsage.rss() });
     else if (line === "stop") stop();
   });
   lines.on("close", stop);
