@@ -140,6 +140,8 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       retryStrategy: (attempt: number) => Math.min(50 * attempt, 1000),
+      // The verifications of one event-loop turn reach Redis in one write (one pipeline), in order.
+      enableAutoPipelining: true,
     }) as Redis & ConsumeCommand;
     // EVALSHA, falling back to EVAL when the server does not know the script (e.g. after a restart).
     this.redis.defineCommand("apikeysConsume", { numberOfKeys: 3, lua: CONSUME_LUA });
