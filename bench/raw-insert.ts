@@ -9,6 +9,8 @@ import { Samples } from "./stats.js";
 
 export interface RawResult {
   requests: number;
+  /** Transactions during the warm-up (not in requests). */
+  warmupRequests: number;
   rps: number;
   p50Ms: number;
   p99Ms: number;
@@ -81,5 +83,11 @@ export async function rawInserts(
   };
   await Promise.all(Array.from({ length: options.concurrency }, writer));
   const seconds = (performance.now() - measureFrom) / 1000;
-  return { requests: latencies.size, rps: latencies.size / seconds, p50Ms: latencies.percentile(50), p99Ms: latencies.percentile(99) };
+  return {
+    requests: latencies.size,
+    warmupRequests: next - latencies.size,
+    rps: latencies.size / seconds,
+    p50Ms: latencies.percentile(50),
+    p99Ms: latencies.percentile(99),
+  };
 }

@@ -2,7 +2,7 @@
 // same run. Every scenario checks its answers with a real client before and
 // after the load (and the load tools check what they can), so a broken server
 // cannot look fast: a wrong answer fails the row, an error aborts it.
-import { copyFile, mkdtemp, readdir, rm } from "node:fs/promises";
+import { copyFile, mkdtemp, readFile, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -379,9 +379,16 @@ export async function createKeys(b: Bench, main: MainService): Promise<void> {
   try {
     const before = await count();
     const frames = requests.map((r) => grpcFrame(toBinary(CreateKeyRequestSchema, r)));
+    // CPU per create of the service and of MySQL, and per transaction of the raw writer and MySQL: on a
+    // machine whose cores the database, the service and the load share, these set the throughputs.
+    const mysqld0 = await mysqldCpuMicros(pool);
+    const service0 = await main.child.stats();
     // Many bodies: the Node load generator (far faster than CreateKey can go).
     const service = await runLoad("node", spec(b, main.child.target, CREATE_PATH, frames, { inFlight: CREATE_CONCURRENCY }));
+    const service1 = await main.child.stats();
+    const mysqld1 = await mysqldCpuMicros(pool);
     const created = (await count()) - before;
+    const raw0 = process.cpuUsage();
     const raw = await rawInserts(pool, {
       concurrency: CREATE_CONCURRENCY,
       durationS: b.settings.durationS,
@@ -390,6 +397,13 @@ export async function createKeys(b: Bench, main: MainService): Promise<void> {
       organizationId,
       creators,
     });
+    const raw1 = process.cpuUsage(raw0);
+    const mysqld2 = await mysqldCpuMicros(pool);
+    // Warm-up calls included: the CPU readings span them too.
+    const serviceCalls = created;
+    const rawCalls = raw.requests + raw.warmupRequests;
+    const perCall = (micros: number, calls: number) => `${Math.round(micros / Math.max(1, calls))} µs`;
+    const mysqlShare = (from: number | null, to: number | null, calls: number) => (from === null || to === null ? "?" : perCall(to - from, calls));
     // Every answered call must have created a key.
     const wrong =
       wrongAnswers([service], toBinary(CreateKeyResponseSchema, sample).length) ??
@@ -404,7 +418,10 @@ export async function createKeys(b: Bench, main: MainService): Promise<void> {
       p99Ms: service.p99Ms,
       target: "≥ 0.7× raw INSERT",
       verdict: !wrong && ratio >= 0.7 ? "PASS" : "FAIL",
-      notes: wrong ?? `× is to the raw INSERT row; p50/p99 at ${shape}`,
+      notes:
+        wrong ??
+        `× is to the raw INSERT row; p50/p99 at ${shape}; CPU per create: the service ` +
+          `${perCall(service1.cpuMicros - service0.cpuMicros, serviceCalls)}, MySQL ${mysqlShare(mysqld0, mysqld1, serviceCalls)}`,
     });
     b.row({
       scenario: "5. raw mysql2 INSERT, same rows",
@@ -413,7 +430,9 @@ export async function createKeys(b: Bench, main: MainService): Promise<void> {
       p99Ms: raw.p99Ms,
       target: "—",
       verdict: "info",
-      notes: `5 INSERTs in a transaction; p50/p99 at ${shape}`,
+      notes:
+        `5 INSERTs in a transaction; p50/p99 at ${shape}; CPU per transaction: the writer ` +
+        `${perCall(raw1.user + raw1.system, rawCalls)}, MySQL ${mysqlShare(mysqld1, mysqld2, rawCalls)}`,
     });
   } finally {
     await pool.end();
@@ -436,6 +455,8 @@ export async function revoke(b: Bench): Promise<void> {
     }
     // Every instance holds every key in its cache: the revocation has something to evict.
     for (const c of clients) for (const k of keys) await expectVerify(c, k.secret, VerifyCode.VALID);
+    // Drained: from here on, each instance's store latencies are those of its revocations.
+    await Promise.all(instances.map((i) => i.stats()));
     const latencies = new Samples();
     let rejectedEverywhere = 0;
     const started = performance.now();
@@ -449,6 +470,11 @@ export async function revoke(b: Bench): Promise<void> {
     }
     const seconds = (performance.now() - started) / 1000;
     const p99 = latencies.percentile(99);
+    // The database's share of it (the store's revokeKey: lock, update, audit, commit), per instance.
+    const store = (await Promise.all(instances.map((i) => i.stats())))
+      .map((st) => st.storeLatency.revokeKey)
+      .map((l) => (l ? `${l.p50.toFixed(2)}/${l.p99.toFixed(2)}` : "—"))
+      .join(", ");
     b.row({
       scenario: "6. RevokeKey → rejected on all 3 instances",
       rps: keys.length / seconds,
@@ -456,7 +482,9 @@ export async function revoke(b: Bench): Promise<void> {
       p99Ms: p99,
       target: "p99 ≤ 5 ms; all rejected",
       verdict: rejectedEverywhere === keys.length && p99 <= 5 ? "PASS" : "FAIL",
-      notes: `RevokeKey latency, one at a time; ${rejectedEverywhere}/${keys.length} REVOKED on every instance right after`,
+      notes:
+        `RevokeKey latency, one at a time; ${rejectedEverywhere}/${keys.length} REVOKED on every instance right after; ` +
+        `of which the MySQL transaction p50/p99 by instance: ${store} ms (the rest: gRPC and the broadcast to the others' acks)`,
     });
   } finally {
     await Promise.all(instances.map((i) => i.stop()));
@@ -532,6 +560,19 @@ async function settledRss(child: ServerChild): Promise<{ rss: number; seconds: n
     const seconds = Math.round((performance.now() - started) / 1000);
     if ((previous < first * 0.9 && rss >= previous * 0.99) || seconds >= 60) return { rss, seconds };
     previous = rss;
+  }
+}
+
+/** CPU time the database server process used so far, µs; null when it is not a local process whose /proc we can read. */
+async function mysqldCpuMicros(pool: mysql.Pool): Promise<number | null> {
+  try {
+    const [rows] = await pool.query<RowDataPacket[]>("SELECT @@pid_file AS f");
+    const pid = (await readFile(String(rows[0].f), "utf8")).trim();
+    // Fields after the command name: utime and stime are the 12th and 13th, in clock ticks (100 per second on Linux).
+    const fields = (await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * 10_000;
+  } catch {
+    return null;
   }
 }
 

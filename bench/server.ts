@@ -34,6 +34,8 @@ export interface ServerStats {
   arrayBuffersAfterGc: number;
   /** Verifications answered, by VerifyCode number. */
   verified: number[];
+  /** CPU time the process used so far (user + system), µs. */
+  cpuMicros: number;
   cacheSize: number;
   /** Store calls by method name, e.g. findByHash, touchLastUsed. */
   storeCalls: Record<string, number>;
@@ -86,6 +88,11 @@ function drain(latencies: Map<string, Samples>): ServerStats["storeLatency"] {
   return out;
 }
 
+function cpuMicros(): number {
+  const used = process.cpuUsage();
+  return used.user + used.system;
+}
+
 /** Memory as the OS sees it, then after a full GC (the bench starts servers with --expose-gc). */
 type MemoryStats = Pick<ServerStats, "rss" | "heapUsed" | "rssAfterGc" | "heapAfterGc" | "heapTotalAfterGc" | "externalAfterGc" | "arrayBuffersAfterGc">;
 
@@ -117,6 +124,7 @@ async function startService(): Promise<Running> {
       ...memory(),
       verified: Array.from(app.verifier.stats.byCode),
       cacheSize: app.cache?.size ?? 0,
+      cpuMicros: cpuMicros(),
       storeCalls,
       storeLatency: drain(storeLatencies),
     }),
@@ -152,7 +160,7 @@ async function startBaseline(): Promise<Running> {
   return {
     grpcPort,
     httpPort: 0,
-    stats: () => ({ ...memory(), verified, cacheSize: 0, storeCalls: {}, storeLatency: {} }),
+    stats: () => ({ ...memory(), verified, cacheSize: 0, cpuMicros: cpuMicros(), storeCalls: {}, storeLatency: {} }),
     stop: () => new Promise((resolve) => server.tryShutdown(() => resolve())),
   };
 }
