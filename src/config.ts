@@ -1,5 +1,6 @@
 // The only reader of process.env. Parses and validates everything once, with
 // defaults, and fails start-up with a message naming the variable at fault.
+import { availableParallelism } from "node:os";
 import { isValidPrefix } from "./keys/key-format.js";
 import { DEFAULT_POLICY, type KeyPolicy, parsePolicy } from "./keys/policy.js";
 import type { Access, CallerConfig } from "./transport/auth.js";
@@ -35,6 +36,8 @@ export interface Config {
   /** How often the database is pinged for health checking (see src/observability/health.ts). */
   healthPollMs: number;
   logLevel: string;
+  /** Server processes sharing the ports (node:cluster); 1 = this process serves. */
+  workers: number;
   /** Envoy ext_authz: the request header (lower case) that names the required scopes; "" = none (see src/envoy/ext-authz.ts). */
   extAuthzScopesHeader: string;
 }
@@ -51,6 +54,14 @@ function int(env: Env, name: string, fallback: number, min: number, max: number)
   const n = Number(raw);
   if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`${name} must be an integer from ${min} to ${max}, got "${raw}"`);
   return n;
+}
+
+function workerCount(env: Env): number {
+  try {
+    return int(env, "WORKERS", 1, 1, 256);
+  } catch {
+    throw new ConfigError(`WORKERS must be "auto" (one per CPU) or an integer from 1 to 256, got "${env.WORKERS}"`);
+  }
 }
 
 function bool(env: Env, name: string): boolean {
@@ -156,6 +167,9 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     throw new ConfigError(`CALLERS: "${byCert.name}" has a cert_identity, which needs mutual TLS: set TLS_CLIENT_CA_FILE (and TLS_CERT_FILE, TLS_KEY_FILE)`);
   }
   const allowUnauthenticated = dev ? callers.length === 0 : bool(env, "ALLOW_UNAUTHENTICATED_CALLERS");
+  const workers = env.WORKERS === "auto" ? availableParallelism() : workerCount(env);
+  // Each worker is an instance of its own; only MySQL and Redis make them one service.
+  if (dev && workers > 1) throw new ConfigError("WORKERS must be 1 in dev mode: the in-memory store is per process");
   if (!dev && callers.length === 0 && !allowUnauthenticated) {
     throw new ConfigError(
       "CALLERS is not set: refusing to start an identity service anyone can call. Set CALLERS, or ALLOW_UNAUTHENTICATED_CALLERS=true on a trusted network.",
@@ -185,6 +199,7 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     shutdownGraceMs: int(env, "SHUTDOWN_GRACE_SECONDS", 10, 0, 600) * 1000,
     healthPollMs: int(env, "HEALTH_POLL_MS", 2000, 100, 60_000),
     logLevel: env.LOG_LEVEL || "info",
+    workers,
     extAuthzScopesHeader: headerName(env, "EXT_AUTHZ_SCOPES_HEADER"),
   };
 }

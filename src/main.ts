@@ -2,6 +2,8 @@
 import { create } from "@bufbuild/protobuf";
 import { type App, buildApp, openStore } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
+import { createLogger } from "./logger.js";
+import { isWorker, supervise, workerServing } from "./workers.js";
 import { CreateKeyRequestSchema, Role } from "../gen/apikeys/v1/apikeys_pb.js";
 
 /** After the grace period, how long the last writes (last-used, credits) and closing pools may take. */
@@ -47,6 +49,10 @@ async function main(): Promise<void> {
     process.stdout.write("migrations applied\n");
     return;
   }
+  if (config.workers > 1 && !isWorker()) {
+    supervise(config.workers, createLogger(config.logLevel), config.shutdownGraceMs + SHUTDOWN_FLUSH_MS);
+    return;
+  }
   const app = await buildApp(config);
   const { grpcPort, httpPort } = await app.start();
   app.logger.info({ grpcPort, httpPort, dev: config.dev, host: config.host }, "apikeys listening");
@@ -77,6 +83,7 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
+  if (isWorker()) workerServing(shutdown);
 }
 
 main().catch((err) => {

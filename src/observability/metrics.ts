@@ -17,6 +17,7 @@ import type { VerifyCache } from "../keys/verify-cache.js";
 import type { PoolStats } from "../store/mysql-store.js";
 import type { HttpEndpoint } from "../transport/http-server.js";
 import { statusName } from "./grpc-status.js";
+import { clusterMetrics, isWorker, shareMetrics } from "../workers.js";
 
 export interface MetricsSources {
   verifier: Pick<Verifier, "stats">;
@@ -50,6 +51,7 @@ export class Metrics {
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
+    if (isWorker()) shareMetrics(this.registry);
     this.rpcDuration = new RpcHistogram(
       "apikeys_rpc_duration_seconds",
       "Time to answer an RPC, by method, gRPC status code and protocol (grpc = gRPC port, connect = Connect/gRPC-Web on the HTTP port). _count is the number of calls.",
@@ -120,7 +122,8 @@ export class Metrics {
   endpoint(): HttpEndpoint {
     return (req, res) => {
       if (req.url !== "/metrics") return false;
-      this.registry.metrics().then(
+      // Under a supervisor (WORKERS > 1) every worker's, summed; else this process's.
+      (isWorker() ? clusterMetrics() : this.registry.metrics()).then(
         (text) => res.writeHead(200, { "content-type": this.registry.contentType }).end(text),
         (err: unknown) => res.writeHead(500, { "content-type": "text/plain" }).end(`metrics failed: ${err instanceof Error ? err.message : String(err)}\n`),
       );

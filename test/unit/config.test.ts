@@ -125,4 +125,15 @@ describe("loadConfig: TLS and peppers", () => {
     expect(refusal({ ...base, KEY_PEPPER_PREVIOUS: "short" })).toBe("KEY_PEPPER_PREVIOUS must be at least 16 characters");
     expect(refusal({ ...base, KEY_PEPPER_PREVIOUS: PEPPER })).toBe("KEY_PEPPER_PREVIOUS must differ from KEY_PEPPER");
   });
+
+  it("runs one server process unless WORKERS says otherwise; never several in dev mode", () => {
+    const open = { ALLOW_UNAUTHENTICATED_CALLERS: "true" };
+    expect(load(open).workers).toBe(1);
+    expect(load({ ...open, WORKERS: "4" }).workers).toBe(4);
+    expect(load({ ...open, WORKERS: "auto" }).workers).toBeGreaterThanOrEqual(1);
+    expect(refusal({ ...open, WORKERS: "0" })).toMatch(/WORKERS must be "auto" \(one per CPU\) or an integer from 1 to 256, got "0"/);
+    expect(refusal({ ...open, WORKERS: "two" })).toMatch(/WORKERS must be/);
+    expect(() => load({ WORKERS: "2" }, true)).toThrow(/WORKERS must be 1 in dev mode/);
+    expect(load({ WORKERS: "1" }, true).workers).toBe(1);
+  });
 });
