@@ -7,7 +7,7 @@
 //   npm run bench                  the full suite (datasets up to 1M keys, 10 s per run)
 //   npm run bench -- --quick       10k keys at most, 3 s per run
 //   npm run bench -- --smoke       seconds in all: what `npm test` runs so the bench cannot rot
-//   --only cached,negative         scenarios: cached, limits, cold, negative, create, revoke, memory
+//   --only cached,negative         scenarios: cached, workers, limits, cold, negative, create, revoke, memory
 //   --tool node                    load from the Node load generator even where h2load is installed
 //   --profile                      also profile the service under the cached load (node --cpu-prof)
 //   --out DIR                      where results go (default bench/results)
@@ -36,7 +36,7 @@ const MODES: Record<"full" | "quick" | "smoke", Settings> = {
 };
 
 /** In the order they run, which is the issue's numbering. */
-const SCENARIOS = ["cached", "limits", "cold", "negative", "create", "revoke", "memory"] as const;
+const SCENARIOS = ["cached", "workers", "limits", "cold", "negative", "create", "revoke", "memory"] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 function parseOptions() {
@@ -124,6 +124,7 @@ async function main(): Promise<number> {
     await scenarios.baseline(b, service);
     const run: Record<Scenario, (m: MainService) => Promise<void>> = {
       cached: (m) => scenarios.cached(b, m),
+      workers: (m) => scenarios.workers(b, m),
       limits: (m) => scenarios.limits(b, m),
       negative: (m) => scenarios.negative(b, m),
       create: (m) => scenarios.createKeys(b, m),

@@ -238,6 +238,58 @@ export async function cached(b: Bench, main: MainService): Promise<void> {
   });
 }
 
+/**
+ * 1, in two server processes sharing the port (the service's WORKERS=2), against the no-op baseline in two
+ * processes too: what a second process adds on this machine, in total and per process.
+ */
+export async function workers(b: Bench, main: MainService): Promise<void> {
+  const count = 2;
+  const answer = await expectVerify(main.client, main.keys.plain, VerifyCode.VALID);
+  const encoded = toBinary(VerifyKeyResponseSchema, answer);
+  const env = { BENCH_WORKERS: String(count) };
+  const service = await startServer("service", { env: serviceEnv(b, b.scratchUrl, env) });
+  const base = await startServer("baseline", {
+    env: serviceEnv(b, "mysql://unused/unused", { ...env, BENCH_BASELINE_RESPONSE: Buffer.from(encoded).toString("base64") }),
+  });
+  try {
+    await expectVerify(client(service), main.keys.plain, VerifyCode.VALID);
+    const serviceLoad = spec(b, service.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]);
+    const baseLoad = spec(b, base.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]);
+    // Paired, as the other in-memory ratios: service, baseline, service, baseline.
+    const s1 = await runLoad(b.tool, serviceLoad);
+    const b1 = await runLoad(b.tool, baseLoad);
+    const s2 = await runLoad(b.tool, serviceLoad);
+    const b2 = await runLoad(b.tool, baseLoad);
+    const stats = await service.stats();
+    const wrong = wrongAnswers([s1, s2, b1, b2], encoded.length);
+    const serviceRps = (s1.rps + s2.rps) / 2;
+    const baseRps = (b1.rps + b2.rps) / 2;
+    const single = b.baseline[b.tool]?.rps;
+    const shares = (stats.perProcess ?? []).map((p) => p.verified);
+    const total = shares.reduce((a, n) => a + n, 0);
+    b.row({
+      scenario: `no-op baseline, ${count} processes`,
+      rps: baseRps,
+      target: "—",
+      verdict: "info",
+      notes: wrong ?? (single ? `${(baseRps / single).toFixed(2)}× the one-process baseline` : ""),
+    });
+    b.row({
+      scenario: `1. cached VerifyKey, ${count} processes`,
+      rps: serviceRps,
+      ratio: serviceRps / baseRps,
+      target: "≥ 0.9× (of the row above)",
+      verdict: !wrong && serviceRps / baseRps >= 0.9 ? "PASS" : "FAIL",
+      notes:
+        wrong ??
+        `per process ${Math.round(serviceRps / count)} req/s; calls answered by each: ${shares.map((n) => `${Math.round((100 * n) / Math.max(1, total))}%`).join(", ")}` +
+          (single ? `; ${(serviceRps / single).toFixed(2)}× the one-process baseline` : ""),
+    });
+  } finally {
+    await Promise.all([service.stop(), base.stop()]);
+  }
+}
+
 /** 2. A key with rate limits and monthly credits, each call costing a credit (shared counters in Redis). */
 export async function limits(b: Bench, main: MainService): Promise<void> {
   const scenario = "2. VerifyKey with rate limits + credits";

@@ -8,6 +8,7 @@
 // Talks JSON lines: prints {"grpcPort",…} once listening, then answers each
 // "stats" line on stdin with a stats line; "stop" or the end of stdin stops it
 // gracefully (so that `node --cpu-prof` writes its profile).
+import cluster from "node:cluster";
 import { createInterface } from "node:readline";
 import { fromBinary } from "@bufbuild/protobuf";
 import { ApiKeyService, VerifyKeyResponseSchema } from "../gen/apikeys/v1/apikeys_pb.js";
@@ -36,6 +37,8 @@ export interface ServerStats {
   verified: number[];
   /** CPU time the process used so far (user + system), µs. */
   cpuMicros: number;
+  /** With BENCH_WORKERS > 1 (the figures above are their sums): each server process's own. */
+  perProcess?: { verified: number; cpuMicros: number; rss: number }[];
   cacheSize: number;
   /** Store calls by method name, e.g. findByHash, touchLastUsed. */
   storeCalls: Record<string, number>;
@@ -168,9 +171,12 @@ async function startBaseline(): Promise<Running> {
 async function main(): Promise<void> {
   const mode = process.argv[2];
   if (mode !== "service" && mode !== "baseline") throw new Error("usage: server.ts service|baseline");
-  const running = mode === "service" ? await startService() : await startBaseline();
   // Tagged, because the service's own log lines share stdout.
   const say = (message: object) => process.stdout.write(`${JSON.stringify({ bench: true, ...message })}\n`);
+  const workers = Number(process.env.BENCH_WORKERS ?? "1");
+  if (workers > 1 && cluster.isPrimary) return supervise(workers, say);
+  const running = mode === "service" ? await startService() : await startBaseline();
+  if (cluster.isWorker) return serveSupervisor(running);
   say({ grpcPort: running.grpcPort, httpPort: running.httpPort });
   let stopping: Promise<void> | null = null;
   const stop = () => {
@@ -183,6 +189,78 @@ async function main(): Promise<void> {
     else if (line === "stop") stop();
   });
   lines.on("close", stop);
+}
+
+/**
+ * BENCH_WORKERS > 1: this process forks that many servers sharing the port (node:cluster, as the service's
+ * WORKERS does) and speaks the bench's protocol for all of them: stats summed, with each one's in perProcess.
+ */
+function supervise(count: number, say: (message: object) => void): void {
+  const workers = Array.from({ length: count }, () => cluster.fork());
+  let listening = 0;
+  const replies: ((stats: ServerStats) => void)[][] = workers.map(() => []);
+  workers.forEach((worker, i) => {
+    worker.on("message", (message: { type: string; grpcPort?: number; httpPort?: number; stats?: ServerStats }) => {
+      if (message.type === "listening" && ++listening === count) say({ grpcPort: message.grpcPort, httpPort: message.httpPort });
+      else if (message.type === "stats") replies[i].shift()?.(message.stats!);
+    });
+    worker.on("exit", (code) => {
+      if (code !== 0) process.exit(1);
+    });
+  });
+  const allStats = () =>
+    Promise.all(
+      workers.map(
+        (worker, i) =>
+          new Promise<ServerStats>((resolve) => {
+            replies[i].push(resolve);
+            worker.send({ type: "stats" });
+          }),
+      ),
+    );
+  const stop = () => {
+    let left = count;
+    for (const worker of workers) {
+      worker.once("exit", () => --left === 0 && process.exit(0));
+      worker.send({ type: "stop" });
+    }
+  };
+  const lines = createInterface({ input: process.stdin });
+  lines.on("line", (line) => {
+    if (line === "stats") allStats().then((all) => say(sumStats(all)));
+    else if (line === "rss") allStats().then((all) => say({ rss: all.reduce((sum, st) => sum + st.rss, 0) }));
+    else if (line === "stop") stop();
+  });
+  lines.on("close", stop);
+}
+
+function serveSupervisor(running: Running): void {
+  process.send!({ type: "listening", grpcPort: running.grpcPort, httpPort: running.httpPort });
+  process.on("message", (message: { type: string }) => {
+    if (message.type === "stats") process.send!({ type: "stats", stats: running.stats() });
+    else if (message.type === "stop") running.stop().then(() => process.exit(0));
+  });
+}
+
+function sumStats(all: ServerStats[]): ServerStats {
+  const sum = (pick: (st: ServerStats) => number) => all.reduce((total, st) => total + pick(st), 0);
+  const storeCalls: Record<string, number> = {};
+  for (const st of all) for (const [name, n] of Object.entries(st.storeCalls)) storeCalls[name] = (storeCalls[name] ?? 0) + n;
+  return {
+    ...all[0],
+    rss: sum((st) => st.rss),
+    heapUsed: sum((st) => st.heapUsed),
+    rssAfterGc: sum((st) => st.rssAfterGc),
+    heapAfterGc: sum((st) => st.heapAfterGc),
+    heapTotalAfterGc: sum((st) => st.heapTotalAfterGc),
+    externalAfterGc: sum((st) => st.externalAfterGc),
+    arrayBuffersAfterGc: sum((st) => st.arrayBuffersAfterGc),
+    verified: all[0].verified.map((_, code) => sum((st) => st.verified[code] ?? 0)),
+    cpuMicros: sum((st) => st.cpuMicros),
+    cacheSize: sum((st) => st.cacheSize),
+    storeCalls,
+    perProcess: all.map((st) => ({ verified: st.verified.reduce((a, n) => a + n, 0), cpuMicros: st.cpuMicros, rss: st.rss })),
+  };
 }
 
 main().catch((err) => {
