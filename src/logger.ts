@@ -1,5 +1,6 @@
 // Structured JSON logs (pino). Never log a secret: requests are not logged
 // whole, and the redaction below is a safety net for fields that might carry one.
+import cluster from "node:cluster";
 import { pino, type Logger } from "pino";
 
 export type { Logger };
@@ -9,7 +10,8 @@ export function createLogger(level: string, destination?: pino.DestinationStream
   return pino(
     {
       level,
-      base: { service: "apikeys" },
+      // Under a supervisor (WORKERS > 1) each line says which worker wrote it.
+      base: cluster.isWorker ? { service: "apikeys", worker: cluster.worker!.id, pid: process.pid } : { service: "apikeys" },
       redact: { paths: ["key", "secret", "token", "pepper", "*.key", "*.secret", "*.token", "*.pepper", "authorization"], censor: "[redacted]" },
     },
     destination,

@@ -2,7 +2,7 @@
 // sharing the ports. Revocation through one worker is seen by the other at once,
 // /metrics sums both, a worker that dies is replaced, a worker that cannot start
 // stops the service, and SIGTERM stops everything with exit code 0.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { type Client, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -17,7 +17,7 @@ const owner = { userId: "u_owner", role: Role.OWNER };
 
 interface Supervised {
   proc: ChildProcess;
-  lines: { msg?: string; grpcPort?: number; httpPort?: number }[];
+  lines: { msg?: string; grpcPort?: number; httpPort?: number; worker?: number; pid?: number }[];
   exited: Promise<number | null>;
 }
 
@@ -65,6 +65,19 @@ async function until(what: string, condition: () => boolean, timeoutMs = 60_000)
 
 const count = (s: Supervised, msg: string) => s.lines.filter((l) => l.msg === msg).length;
 
+/** The workers' pids, from their logs (the supervisor may have other children, e.g. tsx's esbuild). */
+function workerPids(s: Supervised): number[] {
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  return [...new Set(s.lines.filter((l) => l.msg === "apikeys listening").map((l) => l.pid!))].filter(alive);
+}
+
 /** The sum of a metric's samples in Prometheus text, for the lines that start with `prefix`. */
 function metric(text: string, prefix: string): number {
   return text
@@ -87,6 +100,9 @@ describe("WORKERS=2", () => {
     await until("both workers serving", () => count(s, "all workers serving") === 1 || s.proc.exitCode !== null);
     const listening = s.lines.filter((l) => l.msg === "apikeys listening");
     expect(listening).toHaveLength(2);
+    expect(workerPids(s)).toHaveLength(2);
+    // Each worker's lines name it.
+    expect(new Set(listening.map((l) => l.worker))).toEqual(new Set([1, 2]));
     // Both workers on the same ports.
     expect(new Set(listening.map((l) => `${l.grpcPort}/${l.httpPort}`)).size).toBe(1);
     httpPort = listening[0].httpPort!;
@@ -125,16 +141,14 @@ describe("WORKERS=2", () => {
       expect(metric(after, 'apikeys_verify_outcomes_total{code="VALID"}') - metric(before, 'apikeys_verify_outcomes_total{code="VALID"}')).toBe(40);
       expect(metric(after, "apikeys_db_pool_max_connections")).toBe(single);
     }
-    const workerPids = execFileSync("pgrep", ["-P", String(s.proc.pid)]).toString().trim().split("\n");
-    expect(workerPids).toHaveLength(2);
   });
 
   it("replaces a worker that dies, and keeps serving meanwhile", async () => {
-    const [victim] = execFileSync("pgrep", ["-P", String(s.proc.pid)]).toString().trim().split("\n").map(Number);
+    const [victim] = workerPids(s);
     process.kill(victim, "SIGKILL");
     await until("the replacement serving", () => count(s, "all workers serving") === 2);
     expect(count(s, "worker died; starting another")).toBe(1);
-    const pids = execFileSync("pgrep", ["-P", String(s.proc.pid)]).toString().trim().split("\n").map(Number);
+    const pids = workerPids(s);
     expect(pids).toHaveLength(2);
     expect(pids).not.toContain(victim);
     const { secret } = await clients[2].createKey({ organizationId: "org_w", actor: owner, name: "after" });
