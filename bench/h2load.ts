@@ -4,7 +4,7 @@
 // log, and whether the answers were right is checked by the caller (response
 // bytes per request here, a real client before and after).
 import { spawn, spawnSync } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import type { LoadResult, LoadSpec } from "./load.js";
 import { Samples } from "./stats.js";
 
@@ -31,6 +31,8 @@ export async function runH2load(spec: LoadSpec, framesFile: string, logFile: str
   // A run of its own rather than --warm-up-time, whose requests h2load leaves
   // out of the request count but not out of the bytes received.
   if (spec.warmupS > 0) await h2load(spec, framesFile, logFile, spec.warmupS);
+  // h2load appends to its log: without this the warm-up's latencies would count too.
+  await rm(logFile, { force: true });
   return parse(await h2load(spec, framesFile, logFile, spec.durationS), await readFile(logFile, "utf8"));
 }
 
