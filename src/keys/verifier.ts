@@ -81,17 +81,17 @@ export class Verifier {
       this.stats.byCode[VerifyCode.NOT_FOUND]++;
       return NOT_FOUND;
     }
-    const cacheKey = this.hasher.cacheKey(key);
     const cache = this.cache;
-    if (cache !== null) {
-      const now = this.now();
-      const cached = cache.get(cacheKey, now);
-      if (cached !== undefined) return this.answer(cached, req, now);
-    }
+    if (cache === null) return this.load(null, req);
+    const cacheKey = this.hasher.cacheKey(key);
+    const now = this.now();
+    const cached = cache.get(cacheKey, now);
+    if (cached !== undefined) return this.answer(cached, req, now);
     return this.load(cacheKey, req);
   }
 
-  private async load(cacheKey: string, req: VerifyKeyRequest): Promise<VerifyKeyResponse> {
+  /** From the database; `cacheKey` is null when there is no cache (nothing to key). */
+  private async load(cacheKey: string | null, req: VerifyKeyRequest): Promise<VerifyKeyResponse> {
     const cache = this.cache;
     const generation = cache ? cache.generation : 0;
     let value: CacheValue;
@@ -105,7 +105,7 @@ export class Verifier {
       throw err instanceof ApiError ? err : unavailable("database", err);
     }
     const now = this.now();
-    cache?.set(cacheKey, value, generation, now);
+    if (cache !== null && cacheKey !== null) cache.set(cacheKey, value, generation, now);
     return this.answer(value, req, now);
   }
 
