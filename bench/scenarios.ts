@@ -175,11 +175,26 @@ function ratioTo(b: Bench, tool: Tool, result: LoadResult): number {
  * start made ratios swing by ±0.2 between runs; interleaving cancels drift.
  */
 async function pairedRatio(b: Bench, scenario: LoadSpec, first: LoadResult): Promise<number> {
-  const baselineSpec = { ...scenario, target: b.baselineChild!.target };
-  const a1 = await runLoad(b.tool, baselineSpec);
-  const b2 = await runLoad(b.tool, scenario);
-  const a2 = await runLoad(b.tool, baselineSpec);
-  return (first.rps + b2.rps) / (a1.rps + a2.rps);
+  const runs = await inTurns(b.tool, scenario, { ...scenario, target: b.baselineChild!.target }, first);
+  return sumRps(runs.scenario) / sumRps(runs.baseline);
+}
+
+/** Scenario and baseline runs in turns (scenario, baseline, scenario, baseline); `first` is a scenario run already made. */
+async function inTurns(
+  tool: Tool,
+  scenario: LoadSpec,
+  baseline: LoadSpec,
+  first?: LoadResult,
+): Promise<{ scenario: LoadResult[]; baseline: LoadResult[] }> {
+  const s1 = first ?? (await runLoad(tool, scenario));
+  const b1 = await runLoad(tool, baseline);
+  const s2 = await runLoad(tool, scenario);
+  const b2 = await runLoad(tool, baseline);
+  return { scenario: [s1, s2], baseline: [b1, b2] };
+}
+
+function sumRps(runs: LoadResult[]): number {
+  return runs.reduce((sum, r) => sum + r.rps, 0);
 }
 
 function halfNote(half: HalfLoad): string {
@@ -275,15 +290,12 @@ export async function workers(b: Bench, main: MainService): Promise<void> {
     await expectVerify(client(service), main.keys.plain, VerifyCode.VALID);
     const serviceLoad = spec(b, service.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]);
     const baseLoad = spec(b, base.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]);
-    // Paired, as the other in-memory ratios: service, baseline, service, baseline.
-    const s1 = await runLoad(b.tool, serviceLoad);
-    const b1 = await runLoad(b.tool, baseLoad);
-    const s2 = await runLoad(b.tool, serviceLoad);
-    const b2 = await runLoad(b.tool, baseLoad);
+    // Paired, as the other in-memory ratios.
+    const runs = await inTurns(b.tool, serviceLoad, baseLoad);
     const stats = await service.stats();
-    const wrong = wrongAnswers([s1, s2, b1, b2], encoded.length);
-    const serviceRps = (s1.rps + s2.rps) / 2;
-    const baseRps = (b1.rps + b2.rps) / 2;
+    const wrong = wrongAnswers([...runs.scenario, ...runs.baseline], encoded.length);
+    const serviceRps = sumRps(runs.scenario) / runs.scenario.length;
+    const baseRps = sumRps(runs.baseline) / runs.baseline.length;
     const single = b.baseline[b.tool]?.rps;
     const shares = (stats.perProcess ?? []).map((p) => p.verified);
     const total = shares.reduce((a, n) => a + n, 0);
