@@ -374,6 +374,13 @@ export class VerifyCache {
   private readonly byKey = new Map<string, string | Set<string>>();
   private readonly byOrg = new Map<string, Set<string>>();
   private slabs = new AnswerSlabs();
+  /**
+   * The lru-cache's clock for TTLs: the `now` of the latest get or set. Its own
+   * clock (performance.now, re-read at most once per ttlResolution) armed a
+   * timer every millisecond under load, a cost per call on the hot path; the
+   * caller reads the time anyway.
+   */
+  private clock = 0;
   hits = 0;
   misses = 0;
 
@@ -381,6 +388,8 @@ export class VerifyCache {
     this.lru = new LRUCache({
       max: options.maxEntries,
       ttl: options.ttlMs,
+      ttlResolution: 0,
+      perf: { now: () => this.clock },
       updateAgeOnGet: false,
       dispose: (value, cacheKey) => {
         if (!isKnown(value)) return;
@@ -398,6 +407,7 @@ export class VerifyCache {
   /** The cached value, or undefined on a miss (also whenever the cache is not trusted at `now`). */
   get(cacheKey: string, now: number): CacheValue | undefined {
     if (now >= this.trustedUntil) return undefined;
+    this.clock = now;
     const hit = this.lru.get(cacheKey);
     if (hit === undefined) {
       this.misses++;
@@ -410,6 +420,7 @@ export class VerifyCache {
   /** Stores a load result unless an invalidation happened since `generation` was read. */
   set(cacheKey: string, value: CacheValue, generation: number, now: number): void {
     if (now >= this.trustedUntil || generation !== this.generation) return;
+    this.clock = now;
     this.lru.set(cacheKey, value, value === UNKNOWN ? { ttl: this.negativeTtlMs } : undefined);
     if (isKnown(value)) {
       addSecret(this.byKey, value.keyId, cacheKey);

@@ -84,6 +84,16 @@ describe("verification cache", () => {
     const cache = cacheWith([]);
     cache.set("nope", UNKNOWN, cache.generation, NOW);
     expect(cache.get("nope", NOW)).toBe(UNKNOWN);
+    expect(cache.get("nope", NOW + 1000)).toBe(UNKNOWN);
+    expect(cache.get("nope", NOW + 1001)).toBeUndefined(); // negativeTtlMs
+  });
+
+  it("forgets a key after its TTL, by the clock it is given", () => {
+    const cache = cacheWith(entries);
+    expect(cache.get("h1", NOW + 60_000)).toBeDefined();
+    expect(cache.get("h1", NOW + 60_001)).toBeUndefined(); // ttlMs
+    cache.set("h1", buildEntry(record("k1", "o1", "u1"), NOW + 60_001), cache.generation, NOW + 60_001);
+    expect(cache.get("h1", NOW + 120_000)).toBeDefined(); // a new load starts a new TTL
   });
 
   it("is used only while trusted, and distrust drops everything", () => {
