@@ -166,3 +166,62 @@ async function pickSecrets(pool: Pool, size: number, count: number): Promise<str
   }
   return secrets;
 }
+
+/** InnoDB buffer pool the key tables need, per million keys (README, Sizing: about 0.6 GB; rounded up). */
+const BUFFER_POOL_PER_MILLION = 768 * 1024 * 1024;
+
+/**
+ * Gives the server a buffer pool that holds the key tables of `keys` keys, as
+ * the README's Sizing section tells operators to: the cold scenario measures
+ * the service's lookups, not a database too small for its data. Returns how to
+ * put the previous size back, or null when it was already large enough.
+ * MariaDB and MySQL resize the pool online (SET GLOBAL); the change is
+ * reported in the run's results.
+ */
+export async function ensureBufferPool(
+  serverUrl: string,
+  keys: number,
+  log: (line: string) => void,
+): Promise<{ previousBytes: number; bytes: number; restore(): Promise<void> } | null> {
+  const wanted = Math.ceil(keys / 1_000_000) * BUFFER_POOL_PER_MILLION;
+  const conn = await mysql.createConnection(serverUrl);
+  try {
+    const previousBytes = await poolSize(conn);
+    if (previousBytes >= wanted) return null;
+    log(`raising innodb_buffer_pool_size from ${previousBytes >> 20} MB to ${wanted >> 20} MB for the cold scenario (README: Sizing)…`);
+    await resizePool(conn, wanted);
+    return {
+      previousBytes,
+      bytes: await poolSize(conn),
+      async restore() {
+        const again = await mysql.createConnection(serverUrl);
+        try {
+          await resizePool(again, previousBytes);
+        } finally {
+          await again.end();
+        }
+      },
+    };
+  } finally {
+    await conn.end();
+  }
+}
+
+async function poolSize(conn: mysql.Connection): Promise<number> {
+  const [rows] = await conn.query<RowDataPacket[]>("SELECT @@GLOBAL.innodb_buffer_pool_size AS size");
+  return Number(rows[0].size);
+}
+
+/** SET GLOBAL returns before the resize is done: waits until the server reports it finished. */
+async function resizePool(conn: mysql.Connection, bytes: number): Promise<void> {
+  await conn.query("SET GLOBAL innodb_buffer_pool_size = ?", [bytes]);
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    const [rows] = await conn.query<RowDataPacket[]>("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_resize_status'");
+    const status = String(rows[0]?.Value ?? "");
+    // MariaDB: empty or "Completed resizing buffer pool at …"; MySQL: "Completed resizing …" too.
+    if (status === "" || /^Completed|^Size did not change/i.test(status)) return;
+    if (Date.now() > deadline) throw new Error(`innodb_buffer_pool_size did not finish resizing in 2 min: ${status}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
