@@ -183,7 +183,9 @@ export async function ensureBufferPool(
   keys: number,
   log: (line: string) => void,
 ): Promise<{ previousBytes: number; bytes: number; restore(): Promise<void> } | null> {
-  const wanted = Math.ceil(keys / 1_000_000) * BUFFER_POOL_PER_MILLION;
+  // In whole 128 MB chunks (MariaDB's unit), for the keys it has to hold: the default 128 MB holds 100k.
+  const chunk = 128 * 1024 * 1024;
+  const wanted = Math.ceil((keys * BUFFER_POOL_PER_MILLION) / 1_000_000 / chunk) * chunk;
   const conn = await mysql.createConnection(serverUrl);
   try {
     const previousBytes = await poolSize(conn);

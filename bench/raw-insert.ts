@@ -16,7 +16,7 @@ export interface RawResult {
   p99Ms: number;
 }
 
-async function insertOne(pool: Pool, hasher: SecretHasher, organizationId: string, userId: string): Promise<void> {
+async function insertOne(pool: Pool, hasher: SecretHasher, organizationId: string, userId: string): Promise<string> {
   const secret = generateSecret("sk");
   const id = newKeyId();
   const now = new Date();
@@ -59,6 +59,7 @@ async function insertOne(pool: Pool, hasher: SecretHasher, organizationId: strin
       },
     ]);
     await conn.commit();
+    return id;
   } finally {
     conn.release();
   }
@@ -90,4 +91,54 @@ export async function rawInserts(
     p50Ms: latencies.percentile(50),
     p99Ms: latencies.percentile(99),
   };
+}
+
+/**
+ * The floor of RevokeKey's latency on this database: revokes `count` keys of
+ * its own (inserted first, as above), one at a time, each in a single round
+ * trip holding what the service's transaction writes (the UPDATE, the audit
+ * row, COMMIT; `pool` needs multipleStatements). The service needs a second
+ * round trip before these (it reads and locks the row to check the policy)
+ * and the broadcast after. Latencies in ms, and the seconds they took in all.
+ */
+export async function rawRevokes(
+  pool: Pool,
+  options: { count: number; pepper: string; organizationId: string; userId: string },
+): Promise<{ latencies: Samples; seconds: number }> {
+  const hasher = new SecretHasher(options.pepper);
+  const ids: string[] = [];
+  for (let i = 0; i < options.count; i++) ids.push(await insertOne(pool, hasher, options.organizationId, options.userId));
+  const latencies = new Samples();
+  const start = performance.now();
+  for (const id of ids) {
+    const now = new Date();
+    const started = performance.now();
+    await pool.query(
+      `START TRANSACTION;
+       UPDATE api_keys SET revoke_time = ?, revoked_by = ?, revoke_reason = ?, update_time = ? WHERE organization_id = ? AND id = ?;
+       INSERT INTO audit_events SET ?;
+       COMMIT`,
+      [
+        now,
+        options.userId,
+        "bench",
+        now,
+        options.organizationId,
+        id,
+        {
+          id: `evt_${randomBase62(20)}`,
+          organization_id: options.organizationId,
+          time: now,
+          actor_user_id: options.userId,
+          actor_role: 4,
+          caller: "bench",
+          action: "key.revoke",
+          key_id: id,
+          details: '{"reason":"bench"}',
+        },
+      ],
+    );
+    latencies.add(performance.now() - started);
+  }
+  return { latencies, seconds: (performance.now() - start) / 1000 };
 }
