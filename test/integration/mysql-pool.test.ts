@@ -4,7 +4,8 @@
 import mysql from "mysql2/promise";
 import type { RowDataPacket } from "mysql2/promise";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { TimedConnection, TimedPool, createPool } from "../../src/store/mysql-pool.js";
+import { QUERY_TIMEOUT_MS, TimedConnection, TimedPool, createPool } from "../../src/store/mysql-pool.js";
+import { DbProxy } from "../helpers/mariadb.js";
 import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
 
 describe("TimedPool.transaction", () => {
@@ -93,4 +94,48 @@ describe("TimedPool.transaction", () => {
     await pool.transaction(async (tx) => tx.later("INSERT INTO t (v) VALUES (?)", [tricky.slice(0, 20)]));
     expect(await rows()).toEqual([tricky.slice(0, 20)]);
   });
+});
+
+describe("TimedConnection.execute", () => {
+  let db: TestDatabase;
+  let proxy: DbProxy;
+  let pool: TimedPool;
+
+  beforeAll(async () => {
+    db = await freshDatabase();
+    const admin = await mysql.createConnection(db.url.slice(0, db.url.lastIndexOf("/")));
+    await admin.query(`CREATE DATABASE \`${db.name}\``);
+    await admin.end();
+    proxy = await DbProxy.start();
+    pool = new TimedPool(createPool(proxy.url(db.name), 1));
+  });
+
+  afterAll(async () => {
+    await proxy?.close();
+    await pool?.end().catch(() => {});
+    await db?.drop();
+  });
+
+  // mysql2 bounds EXECUTE by its timeout option but not the PREPARE before a statement's first run on a
+  // connection: on a database that stopped answering that hung the call for good (found by the MySQL fault
+  // test, a VerifyKey of an uncached key waiting 18 s).
+  it("gives up on a statement the database does not prepare, and drops the connection", async () => {
+    const conn = await pool.acquire();
+    const [rows] = await conn.execute<RowDataPacket[]>("SELECT ? AS v", [1]);
+    expect(rows[0].v).toBe(1);
+    proxy.hang();
+    const started = performance.now();
+    // Not prepared on this connection yet: PREPARE first.
+    const err = await conn.execute("SELECT ? AS w", [2]).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    const waited = performance.now() - started;
+    expect((err as { code?: string } | null)?.code).toBe("PROTOCOL_SEQUENCE_TIMEOUT");
+    expect(waited).toBeGreaterThanOrEqual(QUERY_TIMEOUT_MS - 50);
+    expect(waited).toBeLessThan(QUERY_TIMEOUT_MS + 2000);
+    expect(conn.broken).toBe(true);
+    conn.release();
+    proxy.restore();
+  }, 15_000);
 });
