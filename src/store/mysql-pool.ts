@@ -61,20 +61,19 @@ export class TimedConnection {
    * EXECUTE with the timeout option but not the PREPARE that comes first on
    * each connection, which on a database that stopped answering never ends
    * (the MySQL fault test caught a VerifyKey waiting 18 s on one): the bound
-   * is kept here over both, and a statement that overran it breaks its
-   * connection as a query timeout does.
+   * is kept here over both (so mysql2's own timer is not asked for too), and a
+   * statement that overran it breaks its connection as a query timeout does.
    */
   execute<T extends QueryResult>(sql: string, values: ExecuteValues): Promise<[T, FieldPacket[]]> {
-    const statement = this.conn.execute<T>({ sql, timeout: QUERY_TIMEOUT_MS }, values);
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
+    const statement = this.conn.execute<T>({ sql }, values);
+    return this.timed(
+      withinDeadline(
+        statement,
+        () => Object.assign(new Error("Prepared statement timeout"), { code: "PROTOCOL_SEQUENCE_TIMEOUT", fatal: true }),
         // Its late end, if any, is nobody's business any more.
-        statement.catch(() => {});
-        reject(Object.assign(new Error("Prepared statement timeout"), { code: "PROTOCOL_SEQUENCE_TIMEOUT", fatal: true }));
-      }, QUERY_TIMEOUT_MS);
-    });
-    return this.timed(Promise.race([statement, timeout]).finally(() => clearTimeout(timer)));
+        () => statement.catch(() => {}),
+      ),
+    );
   }
 
   /** Values escaped into SQL exactly as `query` does it (the pool's time zone and charset). */
@@ -95,6 +94,21 @@ export class TimedConnection {
       throw err;
     }
   }
+}
+
+/**
+ * `work`'s result, or `overrun()`'s error once QUERY_TIMEOUT_MS have passed;
+ * then `abandon` is told, so what `work` brings later is not lost or leaked.
+ */
+function withinDeadline<T>(work: Promise<T>, overrun: () => Error, abandon: () => void): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      abandon();
+      reject(overrun());
+    }, QUERY_TIMEOUT_MS);
+  });
+  return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
 }
 
 /** What both a single statement and a transaction run on. */
@@ -198,25 +212,17 @@ export class TimedPool {
    */
   async acquire(): Promise<TimedConnection> {
     const pending = this.pool.getConnection();
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(Object.assign(new Error("no database connection became free in time"), { code: "ETIMEDOUT" })),
-        QUERY_TIMEOUT_MS,
-      );
-    });
-    try {
-      return new TimedConnection(await Promise.race([pending, timeout]));
-    } catch (err) {
+    const conn = await withinDeadline(
+      pending,
+      () => Object.assign(new Error("no database connection became free in time"), { code: "ETIMEDOUT" }),
       // A connection that turns up after the wait was given up goes straight back.
-      pending.then(
-        (conn) => conn.release(),
-        () => {},
-      );
-      throw err;
-    } finally {
-      clearTimeout(timer);
-    }
+      () =>
+        pending.then(
+          (late) => late.release(),
+          () => {},
+        ),
+    );
+    return new TimedConnection(conn);
   }
 
   /** Runs statements outside a transaction on one connection. */
