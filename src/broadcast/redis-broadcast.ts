@@ -4,7 +4,8 @@
 // How:
 // 1. The change is already committed to the database. The origin applies it
 //    to its own cache, then PUBLISHes it. Redis answers with the number of
-//    subscribers it delivered the message to; each of them evicts, then acks.
+//    subscribers it delivered the message to; each of them evicts, then acks
+//    (the origin, one of them, counts its own copy without sending an ack).
 // 2. invalidate() resolves when every receiver has acked — or, at the latest,
 //    after lease + margin. That is still safe, because of (3).
 // 3. Cache trust is a lease: each instance publishes a ping stamped with its
@@ -192,18 +193,27 @@ export class RedisBroadcast implements Invalidator {
         return;
       }
       this.stats.received++;
+      if (envelope.o === this.instanceId) {
+        // Our own change, applied before it was published: our own ack, counted here rather than sent round.
+        this.acked(envelope.id);
+        return;
+      }
       // Evict first (synchronously), then acknowledge.
-      if (envelope.o !== this.instanceId) this.cache?.apply(envelope.e);
+      this.cache?.apply(envelope.e);
       this.pub.publish(CHANNELS.ack(envelope.o), envelope.id).catch(() => {
         // The origin falls back to waiting out the lease.
       });
     } else if (channel === CHANNELS.ack(this.instanceId)) {
-      const entry = this.pending.get(message);
-      if (entry && ++entry.got >= entry.needed) entry.done();
+      this.acked(message);
     } else if (channel === CHANNELS.ping(this.instanceId)) {
       const sentAt = Number(message);
       if (Number.isFinite(sentAt)) this.cache?.trustUntil(sentAt + this.leaseMs);
     }
+  }
+
+  private acked(id: string): void {
+    const entry = this.pending.get(id);
+    if (entry && ++entry.got >= entry.needed) entry.done();
   }
 
   private onSubscriberReady(): void {

@@ -34,7 +34,7 @@ import type { Invalidator } from "./invalidation.js";
 import { generateSecret, newKeyId, previewOf } from "./key-format.js";
 import { toApiKey } from "./mapping.js";
 import { decodePageToken, encodePageToken } from "./page-token.js";
-import { type KeyPolicy, mayViewAll, requireMayChange, requireRole } from "./policy.js";
+import { type KeyPolicy, mayViewAll, requireMayChange, requireRole, revocable } from "./policy.js";
 import type { KeyRecord } from "./records.js";
 import {
   LIMITS,
@@ -251,7 +251,7 @@ export class KeyService {
     const keyId = requireId("key_id", req.keyId);
     const actor = requireActor(req.actor);
     const reason = checkText("reason", req.reason, LIMITS.reasonLength);
-    // The policy is checked by the store on the key it is about to revoke: one round trip fewer, and no window
+    // The policy goes to the store, which makes it a condition of its write: one round trip, and no window
     // between the check and the write.
     const result = await this.store.revokeKey(
       orgId,
@@ -260,7 +260,10 @@ export class KeyService {
       reason,
       now,
       auditEvent(call, actor, orgId, "key.revoke", now, keyId, reason ? { reason } : {}),
-      (key) => requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "revoking a key"),
+      {
+        revocable: revocable(this.policy, actor.userId, actor.role),
+        check: (key) => requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "revoking a key"),
+      },
     );
     if (!result) throw keyNotFound(keyId);
     // Also on a repeated revoke: the first call may have failed after its write, before its broadcast.

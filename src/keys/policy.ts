@@ -65,6 +65,22 @@ export function mayViewAll(policy: KeyPolicy, role: Role): boolean {
   return role >= policy.view_all;
 }
 
+/**
+ * Whose keys an actor may revoke, known before any key is read: every key, only
+ * the keys it created, or none. Agrees with requireMayChange, which also says why not.
+ */
+export type Revocable = { kind: "any" } | { kind: "own"; userId: string } | { kind: "none" };
+
+export function revocable(policy: KeyPolicy, actorId: string, role: Role): Revocable {
+  if (role >= policy.revoke_any) return { kind: "any" };
+  if (role >= policy.revoke_own) return { kind: "own", userId: actorId };
+  return { kind: "none" };
+}
+
+export function mayRevokeCreatedBy(allowed: Revocable, createdBy: string): boolean {
+  return allowed.kind === "any" || (allowed.kind === "own" && allowed.userId === createdBy);
+}
+
 /** May an actor with `role` and `userId` revoke (or change) a key created by `createdBy`? */
 export function requireMayChange(policy: KeyPolicy, actorId: string, role: Role, createdBy: string, action: string): void {
   if (role >= policy.revoke_any) return;

@@ -11,7 +11,19 @@ import {
   type VerifyRecord,
   normalizeLimits,
 } from "../keys/records.js";
-import type { ChangedKeys, CreatedKey, KeyPatch, ListKeysQuery, NewKey, Page, Rotation, Store } from "./store.js";
+import { mayRevokeCreatedBy } from "../keys/policy.js";
+import {
+  type ChangedKeys,
+  type CreatedKey,
+  type KeyPatch,
+  type ListKeysQuery,
+  type NewKey,
+  type Page,
+  type RevokePermission,
+  type Rotation,
+  type Store,
+  unchangedByRevoke,
+} from "./store.js";
 
 /** The revoke reason of keys revoked because their creator left the organization. */
 const MEMBER_REMOVED_REASON = "member removed";
@@ -145,15 +157,17 @@ export class MemoryStore implements Store {
     reason: string,
     now: number,
     audit: AuditRecord,
-    mayRevoke: (key: KeyRecord) => void,
+    permission: RevokePermission,
   ): Promise<{ key: KeyRecord; changed: boolean } | null> {
     const key = this.find(organizationId, keyId);
     if (key === null) return null;
-    mayRevoke(copy(key));
-    if (key.revokeTime !== null) return { key: copy(key), changed: false };
-    revoke(key, revokedBy, reason, now);
-    this.addAudit(audit);
-    return { key: copy(key), changed: true };
+    // As the MySQL store does it: the write's own condition first, the verdict only when it matched nothing.
+    if (key.revokeTime === null && mayRevokeCreatedBy(permission.revocable, key.createdBy)) {
+      revoke(key, revokedBy, reason, now);
+      this.addAudit(audit);
+      return { key: copy(key), changed: true };
+    }
+    return unchangedByRevoke(copy(key), permission);
   }
 
   async revokeKeysCreatedBy(

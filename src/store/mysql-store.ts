@@ -13,8 +13,19 @@ import {
   normalizeLimits,
 } from "../keys/records.js";
 import { runMigrations } from "./migrate.js";
-import { CONNECT_TIMEOUT_MS, type Queryable, TimedPool, type Transaction, createPool, errorCode, guard } from "./mysql-pool.js";
-import type { ChangedKeys, CreatedKey, KeyPatch, ListKeysQuery, NewKey, Page, Rotation, Store } from "./store.js";
+import { CONNECT_TIMEOUT_MS, type Queryable, TimedPool, type Slot, type Transaction, createPool, errorCode, guard } from "./mysql-pool.js";
+import {
+  type ChangedKeys,
+  type CreatedKey,
+  type KeyPatch,
+  type ListKeysQuery,
+  type NewKey,
+  type Page,
+  type RevokePermission,
+  type Rotation,
+  type Store,
+  unchangedByRevoke,
+} from "./store.js";
 
 /** Keys per last-used UPDATE: small enough not to stall the event loop or MariaDB, large enough to stay rare. */
 export const LAST_USED_CHUNK = 1000;
@@ -290,31 +301,41 @@ export class MySqlStore implements Store {
     );
   }
 
-  revokeKey(
+  async revokeKey(
     organizationId: string,
     keyId: string,
     revokedBy: string,
     reason: string,
     now: number,
     audit: AuditRecord,
-    mayRevoke: (key: KeyRecord) => void,
+    permission: RevokePermission,
   ): Promise<{ key: KeyRecord; changed: boolean } | null> {
-    return guard(() =>
+    // One round trip: the policy is a condition of the UPDATE, the audit event is
+    // recorded only if the UPDATE changed the row, and the key is read back, all
+    // with the COMMIT. Only when nothing changed is the policy asked why.
+    const { revoked, row } = await guard(() =>
       this.db.transaction(async (tx) => {
-        const [rows] = await tx.query<KeyRow[]>(
-          `SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.id = ? FOR UPDATE`,
-          [organizationId, keyId],
-        );
-        if (rows.length === 0) return null;
-        const key = toKey(rows[0]);
-        mayRevoke(key); // on the locked row: nobody can change its creator in between
-        if (key.revokeTime !== null) return { key, changed: false };
-        revokeSeqs(tx, [rows[0].seq], revokedBy, reason, now);
-        insertAudit(tx, audit);
-        // Sent with the COMMIT; the row is locked, so this is what it now holds.
-        return { key: { ...key, revokeTime: now, revokedBy, revokeReason: reason, updateTime: now }, changed: true };
+        const { revocable } = permission;
+        let update: Slot<ResultSetHeader> | null = null;
+        if (revocable.kind !== "none") {
+          update = tx.later(
+            `UPDATE api_keys SET revoke_time = ?, revoked_by = ?, revoke_reason = ?, update_time = ?
+             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL${revocable.kind === "own" ? " AND created_by = ?" : ""}`,
+            [toDate(now), revokedBy, reason, toDate(now), organizationId, keyId, ...(revocable.kind === "own" ? [revocable.userId] : [])],
+          );
+          insertAudit(tx, audit, "ROW_COUNT() = 1");
+        }
+        const select = tx.later<KeyRow[]>(`SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.id = ?`, [
+          organizationId,
+          keyId,
+        ]);
+        await tx.commit();
+        return { revoked: update?.result?.affectedRows === 1, row: select.result?.[0] };
       }),
     );
+    if (row === undefined) return null;
+    const key = toKey(row);
+    return revoked ? { key, changed: true } : unchangedByRevoke(key, permission);
   }
 
   revokeKeysCreatedBy(
@@ -441,21 +462,28 @@ function upsertMember(tx: Transaction, organizationId: string, userId: string, r
   );
 }
 
-/** Queued: sent with the transaction's next statement or its COMMIT. */
-function insertAudit(tx: Transaction, audit: AuditRecord): void {
-  tx.later("INSERT INTO audit_events SET ?", [
-    {
-      id: audit.id,
-      organization_id: audit.organizationId,
-      time: toDate(audit.time),
-      actor_user_id: audit.actorUserId,
-      actor_role: audit.actorRole,
-      caller: audit.caller,
-      action: audit.action,
-      key_id: audit.keyId,
-      details: JSON.stringify(audit.details),
-    },
-  ]);
+const AUDIT_COLUMNS = "id, organization_id, time, actor_user_id, actor_role, caller, action, key_id, details";
+
+/** Queued: sent with the transaction's next statement or its COMMIT; with `onlyIf`, recorded only if that SQL condition holds. */
+function insertAudit(tx: Transaction, audit: AuditRecord, onlyIf?: string): void {
+  const values = [
+    audit.id,
+    audit.organizationId,
+    toDate(audit.time),
+    audit.actorUserId,
+    audit.actorRole,
+    audit.caller,
+    audit.action,
+    audit.keyId,
+    JSON.stringify(audit.details),
+  ];
+  const row = "?, ?, ?, ?, ?, ?, ?, ?, ?";
+  tx.later(
+    onlyIf === undefined
+      ? `INSERT INTO audit_events (${AUDIT_COLUMNS}) VALUES (${row})`
+      : `INSERT INTO audit_events (${AUDIT_COLUMNS}) SELECT ${row} FROM DUAL WHERE ${onlyIf}`,
+    values,
+  );
 }
 
 /** Revokes the keys at these positions (rows the caller has locked). */

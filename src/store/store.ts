@@ -13,6 +13,7 @@ import type {
   OrganizationRecord,
   VerifyRecord,
 } from "../keys/records.js";
+import type { Revocable } from "../keys/policy.js";
 
 export interface NewKey {
   key: KeyRecord;
@@ -73,6 +74,30 @@ export interface ChangedKeys {
   keyIds: string[];
 }
 
+/**
+ * The policy's say on a revoke, in two forms that agree: whose keys the actor
+ * may revoke, known before the key is read (so a store can make it a condition
+ * of its write: one round trip), and the verdict on the stored key, whose
+ * error says why not.
+ */
+export interface RevokePermission {
+  revocable: Revocable;
+  /** Throws the refusal; called with the stored key when this call did not revoke it. */
+  check(key: KeyRecord): void;
+}
+
+/**
+ * A revoke whose write matched nothing: the refusal if the actor may not
+ * revoke this key, else the key as it is (revoked before).
+ */
+export function unchangedByRevoke(key: KeyRecord, permission: RevokePermission): { key: KeyRecord; changed: false } {
+  permission.check(key);
+  if (key.revokeTime === null) {
+    throw new Error(`revoking key ${key.id} changed nothing, yet it is not revoked and the policy lets the actor revoke it`);
+  }
+  return { key, changed: false };
+}
+
 export interface Store {
   /** Creates the schema or brings it up to date. Safe to run from several instances at once. */
   migrate(): Promise<void>;
@@ -104,8 +129,9 @@ export interface Store {
   /** Adds a new secret; the current one(s) expire at oldSecretExpireTime. Null when not found or revoked. */
   rotateKey(organizationId: string, keyId: string, rotation: Rotation, now: number, audit: AuditRecord): Promise<KeyRecord | null>;
   /**
-   * Revokes the key unless already revoked (then returns it unchanged with
-   * changed=false, and records no audit event). Null when not found.
+   * Revokes the key if `permission` allows it, unless already revoked (then
+   * returns it unchanged with changed=false, and records no audit event).
+   * Null when not found.
    */
   revokeKey(
     organizationId: string,
@@ -114,8 +140,7 @@ export interface Store {
     reason: string,
     now: number,
     audit: AuditRecord,
-    /** Called with the key (locked, where the store locks) before anything changes; what it throws aborts the revoke. */
-    mayRevoke: (key: KeyRecord) => void,
+    permission: RevokePermission,
   ): Promise<{ key: KeyRecord; changed: boolean } | null>;
   /** Revokes every unrevoked key createdBy made in the organization; returns their ids. */
   revokeKeysCreatedBy(

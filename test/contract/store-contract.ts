@@ -6,7 +6,8 @@ import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { AuditRecord, KeyRecord } from "../../src/keys/records.js";
-import type { ListKeysQuery, NewKey, Store } from "../../src/store/store.js";
+import { type Revocable, mayRevokeCreatedBy } from "../../src/keys/policy.js";
+import type { ListKeysQuery, NewKey, RevokePermission, Store } from "../../src/store/store.js";
 import { T0, auditRecord, keyRecord as buildKey, uid } from "../helpers/records.js";
 
 const MINUTE = 60_000;
@@ -41,7 +42,7 @@ function listQuery(organizationId: string, fields: Partial<ListKeysQuery> = {}):
 }
 
 /** A revoke policy that allows everything. */
-const ALLOW = (): void => {};
+const ALLOW: RevokePermission = { revocable: { kind: "any" }, check: () => {} };
 
 export function describeStoreContract(name: string, open: () => Promise<{ store: Store; cleanup: () => Promise<void> }>): void {
   describe(`${name} store contract`, () => {
@@ -459,19 +460,48 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
     });
 
     describe("revokeKey", () => {
-      it("asks mayRevoke about the stored key first; what it throws aborts the revoke", async () => {
+      /** A permission as the key service makes it, recording the keys it was asked about. */
+      function permission(revocable: Revocable, asked: KeyRecord[] = []): RevokePermission {
+        return {
+          revocable,
+          check: (k) => {
+            asked.push(k);
+            if (!mayRevokeCreatedBy(revocable, k.createdBy)) throw new Error(`not yours: ${k.createdBy}`);
+          },
+        };
+      }
+
+      it("revokes its own key for an actor who may revoke only its own", async () => {
         const org = uid("org");
         const { key } = await create(org, { key: { createdBy: "u_owner" } });
-        const seen: KeyRecord[] = [];
-        const denied = new Error("not yours");
-        const attempt = store.revokeKey(org, key.id, "u_other", "", T0 + 1, auditRecord(org, "key.revoke"), (k) => {
-          seen.push(k);
-          throw denied;
+        const result = await store.revokeKey(org, key.id, "u_owner", "", T0 + 1, auditRecord(org, "key.revoke"), permission({ kind: "own", userId: "u_owner" }));
+        expect(result).toMatchObject({ changed: true, key: { id: key.id, revokeTime: T0 + 1, revokedBy: "u_owner" } });
+        expect((await auditEvents(org)).map((e) => e.action)).toEqual(["key.revoke", "key.create"]);
+      });
+
+      for (const [name, revocable] of [
+        ["only its own", { kind: "own", userId: "u_other" }],
+        ["none", { kind: "none" }],
+      ] as const) {
+        it(`refuses another's key (actor may revoke ${name}) with the check's error, asked about the stored key; nothing changes`, async () => {
+          const org = uid("org");
+          const { key } = await create(org, { key: { createdBy: "u_owner" } });
+          const asked: KeyRecord[] = [];
+          const attempt = store.revokeKey(org, key.id, "u_other", "", T0 + 1, auditRecord(org, "key.revoke"), permission(revocable, asked));
+          await expect(attempt).rejects.toThrow("not yours: u_owner");
+          expect(asked).toEqual([key]);
+          expect(await store.getKey(org, key.id)).toEqual(key);
+          expect((await auditEvents(org)).map((e) => e.action)).toEqual(["key.create"]);
         });
-        await expect(attempt).rejects.toBe(denied);
-        expect(seen.map((k) => [k.id, k.createdBy])).toEqual([[key.id, "u_owner"]]);
-        expect(await store.getKey(org, key.id)).toEqual(key);
-        expect((await auditEvents(org)).map((e) => e.action)).toEqual(["key.create"]);
+      }
+
+      it("refuses a revoked key to an actor who may not revoke it, rather than answering unchanged", async () => {
+        const org = uid("org");
+        const { key } = await create(org, { key: { createdBy: "u_owner" } });
+        await store.revokeKey(org, key.id, "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"), ALLOW);
+        const attempt = store.revokeKey(org, key.id, "u_other", "", T0 + 2, auditRecord(org, "key.revoke"), permission({ kind: "own", userId: "u_other" }));
+        await expect(attempt).rejects.toThrow("not yours: u_owner");
+        expect((await auditEvents(org)).map((e) => e.action)).toEqual(["key.revoke", "key.create"]);
       });
 
       it("revokes once; a second revoke returns the key unchanged", async () => {

@@ -1,7 +1,15 @@
 import { describe, expect, it } from "vitest";
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { ApiError, Status } from "../../src/keys/errors.js";
-import { DEFAULT_POLICY, formatPolicy, parsePolicy, requireMayChange, requireRole } from "../../src/keys/policy.js";
+import {
+  DEFAULT_POLICY,
+  formatPolicy,
+  mayRevokeCreatedBy,
+  parsePolicy,
+  requireMayChange,
+  requireRole,
+  revocable,
+} from "../../src/keys/policy.js";
 
 describe("role policy", () => {
   it("parses the contract's default", () => {
@@ -54,5 +62,29 @@ describe("role policy", () => {
   it("lets only admins revoke, even their own (Petra)", () => {
     const policy = parsePolicy("create=admin,view_all=member,revoke_any=admin,revoke_own=admin");
     expect(() => requireMayChange(policy, "u1", Role.MEMBER, "u1", "revoking")).toThrow(/revoke_own/);
+  });
+
+  it("says up front whose keys an actor may revoke, agreeing with the verdict on each key", () => {
+    const roles = [Role.VIEWER, Role.MEMBER, Role.ADMIN, Role.OWNER];
+    const kinds = new Set<string>();
+    for (const revokeAny of roles) {
+      for (const revokeOwn of roles) {
+        const policy = parsePolicy(`revoke_any=${Role[revokeAny]},revoke_own=${Role[revokeOwn]}`);
+        for (const role of roles) {
+          const allowed = revocable(policy, "u_actor", role);
+          kinds.add(allowed.kind);
+          for (const createdBy of ["u_actor", "u_other"]) {
+            let verdict = true;
+            try {
+              requireMayChange(policy, "u_actor", role, createdBy, "revoking a key");
+            } catch {
+              verdict = false;
+            }
+            expect(mayRevokeCreatedBy(allowed, createdBy), `${formatPolicy(policy)} ${Role[role]} ${createdBy}`).toBe(verdict);
+          }
+        }
+      }
+    }
+    expect([...kinds].sort()).toEqual(["any", "none", "own"]);
   });
 });
