@@ -100,9 +100,9 @@ export async function rawInserts(
  * The floor of RevokeKey's latency on this database: revokes `count` keys of
  * its own (inserted first, as above), one at a time, each in a single round
  * trip holding what the service's transaction writes (the UPDATE, the audit
- * row, COMMIT; `pool` needs multipleStatements). The service needs a second
- * round trip before these (it reads and locks the row to check the policy)
- * and the broadcast after. Latencies in ms, and the seconds they took in all.
+ * row, COMMIT; `pool` needs multipleStatements). The service sends these
+ * with a read-back of the key in its one round trip, and broadcasts after.
+ * Latencies in ms, and the seconds they took in all.
  */
 export async function rawRevokes(
   pool: Pool,

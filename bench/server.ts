@@ -44,6 +44,8 @@ export interface ServerStats {
   storeCalls: Record<string, number>;
   /** Store call latency by method name, over the calls since the previous stats (ms). */
   storeLatency: Record<string, { p50: number; p99: number }>;
+  /** Latency of announcing changes to the other instances, to the last ack, over the same calls (ms). */
+  broadcastLatency?: { p50: number; p99: number };
 }
 
 interface Running {
@@ -73,20 +75,27 @@ function instrumentedStore(store: Store, calls: Record<string, number>, latencie
         const started = performance.now();
         const result = value.apply(target, args);
         if (!(result instanceof Promise)) return result;
-        return result.finally(() => {
-          let samples = latencies.get(prop);
-          if (samples === undefined) latencies.set(prop, (samples = new Samples()));
-          samples.add(performance.now() - started);
-        });
+        let samples = latencies.get(prop);
+        if (samples === undefined) latencies.set(prop, (samples = new Samples()));
+        return timed(started, result, samples);
       };
     },
   });
 }
 
+/** The promise, its time to settle since `started` added to `samples`. */
+function timed<T>(started: number, work: Promise<T>, samples: Samples): Promise<T> {
+  return work.finally(() => samples.add(performance.now() - started));
+}
+
+function percentiles(samples: Samples): { p50: number; p99: number } {
+  return { p50: samples.percentile(50), p99: samples.percentile(99) };
+}
+
 /** Percentiles of the samples, which start again from nothing. */
 function drain(latencies: Map<string, Samples>): ServerStats["storeLatency"] {
   const out: ServerStats["storeLatency"] = {};
-  for (const [method, samples] of latencies) out[method] = { p50: samples.percentile(50), p99: samples.percentile(99) };
+  for (const [method, samples] of latencies) out[method] = percentiles(samples);
   latencies.clear();
   return out;
 }
@@ -119,18 +128,30 @@ async function startService(): Promise<Running> {
   const storeCalls: Record<string, number> = {};
   const storeLatencies = new Map<string, Samples>();
   const app = await buildApp(config, { store: instrumentedStore(await openStore(config), storeCalls, storeLatencies) });
+  // The broadcast timed too: with the store's share, what a revocation's latency is made of.
+  let broadcastSamples = new Samples();
+  const broadcast = app.broadcast;
+  if (broadcast) {
+    const invalidate = broadcast.invalidate.bind(broadcast);
+    broadcast.invalidate = (event) => timed(performance.now(), invalidate(event), broadcastSamples);
+  }
   const { grpcPort, httpPort } = await app.start();
   return {
     grpcPort,
     httpPort,
-    stats: () => ({
-      ...memory(),
-      verified: Array.from(app.verifier.stats.byCode),
-      cacheSize: app.cache?.size ?? 0,
-      cpuMicros: cpuMicros(),
-      storeCalls,
-      storeLatency: drain(storeLatencies),
-    }),
+    stats: () => {
+      const broadcastLatency = broadcastSamples.size > 0 ? percentiles(broadcastSamples) : undefined;
+      broadcastSamples = new Samples();
+      return {
+        ...memory(),
+        verified: Array.from(app.verifier.stats.byCode),
+        cacheSize: app.cache?.size ?? 0,
+        cpuMicros: cpuMicros(),
+        storeCalls,
+        storeLatency: drain(storeLatencies),
+        broadcastLatency,
+      };
+    },
     stop: () => app.stop(),
   };
 }
