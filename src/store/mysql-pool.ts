@@ -273,11 +273,14 @@ export async function guard<T>(work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (err) {
-    if ((err as { fatal?: unknown })?.fatal === true || UNAVAILABLE_CODES.has(errorCode(err) ?? "")) {
-      throw unavailable("database", err);
-    }
+    if (databaseUnavailable(err)) throw unavailable("database", err);
     throw err;
   }
+}
+
+/** Does the error say the database could not answer, rather than that the statement was refused? */
+export function databaseUnavailable(err: unknown): boolean {
+  return (err as { fatal?: unknown })?.fatal === true || UNAVAILABLE_CODES.has(errorCode(err) ?? "");
 }
 
 export function errorCode(err: unknown): string | undefined {

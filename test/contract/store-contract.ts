@@ -156,6 +156,53 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         expect(await memberChanged({ requestId: "web/once", creatorRole: Role.OWNER }), "a retry creates nothing").toBe(false);
       });
 
+      describe("many at once", () => {
+        // The first two are written at once, each alone; the rest arrive meanwhile and (MySQL) go in one batch.
+        const plan: [string, Role, string][] = [
+          ["u_x", Role.MEMBER, ""],
+          ["u_y", Role.MEMBER, ""],
+          ["u_a", Role.MEMBER, ""],
+          ["u_a", Role.MEMBER, ""],
+          ["u_a", Role.ADMIN, ""],
+          ["u_b", Role.VIEWER, "web/taken"],
+          ["u_a", Role.ADMIN, ""],
+          ["u_c", Role.OWNER, ""],
+        ];
+
+        async function createAll(org: string, takenBy: string | null) {
+          const taken = takenBy === null ? null : await create(org, { requestId: "web/taken", key: { createdBy: takenBy }, creatorRole: Role.OWNER });
+          const inputs = plan.map(([createdBy, creatorRole, requestId]) => newKey(org, { key: { createdBy }, creatorRole, requestId }));
+          return { taken, inputs, results: await Promise.all(inputs.map((input) => store.createKey(input))) };
+        }
+
+        it("gives each its own answer, as if made one after another", async () => {
+          const org = uid("org");
+          const { inputs, results } = await createAll(org, null);
+          expect(results.map((r) => r.created)).toEqual(plan.map(() => true));
+          expect(results.map((r) => r.memberChanged)).toEqual([true, true, true, false, true, true, false, true]);
+          for (const [i, input] of inputs.entries()) {
+            expect(results[i].key).toEqual(input.key);
+            expect(await store.getKey(org, input.key.id)).toEqual(input.key);
+            expect((await store.findByHash(input.hash))!.key.id).toBe(input.key.id);
+          }
+          expect((await store.findByHash(inputs[6].hash))!.memberRole).toBe(Role.ADMIN);
+          expect((await auditEvents(org)).map((e) => e.id).sort()).toEqual(inputs.map((i) => i.audit.id).sort());
+        });
+
+        it("answers a repeated request id among them with the first key, and writes all the others", async () => {
+          const org = uid("org");
+          const { taken, inputs, results } = await createAll(org, "u_b");
+          expect(results.map((r) => r.created)).toEqual([true, true, true, true, true, false, true, true]);
+          expect(results.map((r) => r.memberChanged)).toEqual([true, true, true, false, true, false, false, true]);
+          expect(results[5].key).toEqual(taken!.key);
+          expect(await store.findByHash(inputs[5].hash)).toBeNull();
+          for (const i of [0, 1, 2, 3, 4, 6, 7]) expect(await store.getKey(org, inputs[i].key.id)).toEqual(inputs[i].key);
+          // The retry changed nothing, the creator's role included.
+          expect((await store.findByHash(taken!.input.hash))!.memberRole).toBe(Role.OWNER);
+          expect(await auditEvents(org)).toHaveLength(8);
+        });
+      });
+
       it("does not re-enable a switched-off organization", async () => {
         const org = uid("org");
         await store.setApiAccess(org, false, T0, auditRecord(org, "org.disable_api"));
