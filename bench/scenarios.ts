@@ -515,11 +515,13 @@ export async function createKeys(b: Bench, main: MainService): Promise<void> {
     // CPU per create of the service and of MySQL, and per transaction of the raw writer and MySQL: on a
     // machine whose cores the database, the service and the load share, these set the throughputs.
     const mysqld0 = await mysqldCpuMicros(pool);
+    const commits0 = await commits(pool);
     const service0 = await main.child.stats();
     // Many bodies: the Node load generator (far faster than CreateKey can go).
     const service = await runLoad("node", spec(b, main.child.target, CREATE_PATH, frames, { inFlight: CREATE_CONCURRENCY }));
     const service1 = await main.child.stats();
     const mysqld1 = await mysqldCpuMicros(pool);
+    const commits1 = await commits(pool);
     const created = (await count()) - before;
     const raw0 = process.cpuUsage();
     const raw = await rawInserts(pool, {
@@ -554,7 +556,8 @@ export async function createKeys(b: Bench, main: MainService): Promise<void> {
       notes:
         wrong ??
         `× is to the raw INSERT row; p50/p99 at ${shape}; CPU per create: the service ` +
-          `${perCall(service1.cpuMicros - service0.cpuMicros, serviceCalls)}, MySQL ${mysqlShare(mysqld0, mysqld1, serviceCalls)}`,
+          `${perCall(service1.cpuMicros - service0.cpuMicros, serviceCalls)}, MySQL ${mysqlShare(mysqld0, mysqld1, serviceCalls)}; ` +
+          `${(created / Math.max(1, commits1 - commits0)).toFixed(1)} creates per transaction (batched)`,
     });
     b.row({
       scenario: "5. raw mysql2 INSERT, same rows",
@@ -734,6 +737,12 @@ async function settledRss(child: ServerChild): Promise<{ rss: number; seconds: n
 }
 
 /** CPU time the database server process used so far, µs; null when it is not a local process whose /proc we can read. */
+/** Transactions the server has committed so far (all sessions). */
+async function commits(pool: mysql.Pool): Promise<number> {
+  const [rows] = await pool.query<RowDataPacket[]>("SHOW GLOBAL STATUS LIKE 'Com_commit'");
+  return Number(rows[0].Value);
+}
+
 async function mysqldCpuMicros(pool: mysql.Pool): Promise<number | null> {
   try {
     const [rows] = await pool.query<RowDataPacket[]>("SELECT @@pid_file AS f");

@@ -157,7 +157,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       });
 
       describe("many at once", () => {
-        // The first two are written at once, each alone; the rest arrive meanwhile and (MySQL) go in one batch.
+        // The first is written alone; the rest arrive meanwhile and (MySQL) go in one batch.
         const plan: [string, Role, string][] = [
           ["u_x", Role.MEMBER, ""],
           ["u_y", Role.MEMBER, ""],

@@ -4,14 +4,16 @@ import mysql from "mysql2/promise";
 import type { RowDataPacket } from "mysql2/promise";
 import { randomBytes } from "node:crypto";
 import { readdir } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { ApiError, Status } from "../../src/keys/errors.js";
 import { migrationsDirectory } from "../../src/store/migrate.js";
 import { FIND_BY_HASH_SQL, MySqlStore } from "../../src/store/mysql-store.js";
+import type { CreatedKey, NewKey } from "../../src/store/store.js";
 import { describeStoreContract } from "../contract/store-contract.js";
 import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
-import { keyRecord } from "../helpers/records.js";
+import { auditRecord, keyRecord } from "../helpers/records.js";
 
 describeStoreContract("mysql", async () => {
   const db = await freshDatabase();
@@ -110,6 +112,38 @@ describe("MySqlStore", () => {
       await conn.query("DELETE FROM organizations WHERE id = 'org_rowless'");
       expect(await store.findByHash(hash)).toMatchObject({ orgEnabled: true, memberRole: Role.MEMBER });
     } finally {
+      await store.close();
+    }
+  });
+
+  it("writes other creates while batches of creates wait for a lock", async () => {
+    const store = await MySqlStore.open(db.url);
+    await store.migrate();
+    const locker = await mysql.createConnection(db.url);
+    const org = "org_stuck";
+    const newKey = (createdBy: string): NewKey => {
+      const key = keyRecord({ organizationId: org, createdBy });
+      return { key, hash: randomBytes(32), creatorRole: Role.MEMBER, requestId: "", audit: auditRecord(org, "key.create", { keyId: key.id }) };
+    };
+    try {
+      await store.createKey(newKey("u_stuck"));
+      // Another session holds the creator's member row: every create of that creator waits for it.
+      await locker.query("START TRANSACTION");
+      await locker.query("SELECT role FROM members WHERE organization_id = ? AND user_id = ? FOR UPDATE", [org, "u_stuck"]);
+      // Batches of creates of that creator, one after another, each waiting for the lock...
+      const waiting: Promise<CreatedKey>[] = [];
+      for (let i = 0; i < 3; i++) {
+        waiting.push(store.createKey(newKey("u_stuck")));
+        await sleep(100);
+      }
+      const stuck = Promise.allSettled(waiting);
+      // ...do not hold up a create of someone else: it is written meanwhile, not after they give up.
+      const first = await Promise.race([store.createKey(newKey("u_free")).then((r) => r.created), stuck.then(() => "the stuck ones")]);
+      expect(first).toBe(true);
+      await locker.query("COMMIT");
+      expect((await stuck).map((r) => r.status === "fulfilled" && r.value.created)).toEqual([true, true, true]);
+    } finally {
+      await locker.end();
       await store.close();
     }
   });
