@@ -538,7 +538,7 @@ async function insertKeys(tx: Transaction, inputs: NewKey[]): Promise<Omit<Creat
     keyRows.flatMap((row) => Object.values(row)),
   );
   tx.later(
-    `INSERT INTO key_secrets (hash, key_id, expire_time) VALUES ${Array(inputs.length).fill("(?, ?, NULL)").join(", ")}`,
+    `INSERT INTO key_secrets (hash, key_id, expire_time) VALUES ${list(inputs.length, "(?, ?, NULL)")}`,
     inputs.flatMap((input) => [input.hash, input.key.id]),
   );
   // Rows are locked in one order (organization, user) by every batch, so concurrent batches never deadlock.
@@ -549,13 +549,16 @@ async function insertKeys(tx: Transaction, inputs: NewKey[]): Promise<Omit<Creat
     `SELECT organization_id, user_id, role FROM members WHERE ${creators.map(() => "(organization_id = ? AND user_id = ?)").join(" OR ")}`,
     creators.flat(),
   );
+  // A new organization's row is as old as its first key of the batch.
+  const organizations = new Map<string, number>();
+  for (const { key } of inputs) if (!organizations.has(key.organizationId)) organizations.set(key.organizationId, key.createTime);
+  const byId = [...organizations].sort(([a], [b]) => compareText(a, b));
   // Existing rows get shared locks only (INSERT IGNORE) or are left as they are when nothing changed, so
   // creates of different users never wait for each other; one user's concurrent creates queue on their
   // member row until commit.
-  const organizations = [...new Set(byCreator.map((input) => input.key.organizationId))];
   tx.later(
-    `INSERT IGNORE INTO organizations (id, api_access_enabled, update_time) VALUES ${Array(organizations.length).fill("(?, TRUE, ?)").join(", ")}`,
-    organizations.flatMap((id) => [id, toDate(inputs[0].key.createTime)]),
+    `INSERT IGNORE INTO organizations (id, api_access_enabled, update_time) VALUES ${list(byId.length, "(?, TRUE, ?)")}`,
+    byId.flatMap(([id, time]) => [id, toDate(time)]),
   );
   // Each member row as its creator's current role (in order: the batch's last create of a creator has the
   // last word); its update time moves only when the role does.
@@ -564,10 +567,7 @@ async function insertKeys(tx: Transaction, inputs: NewKey[]): Promise<Omit<Creat
      ON DUPLICATE KEY UPDATE update_time = IF(role = VALUES(role), update_time, VALUES(update_time)), role = VALUES(role)`,
     byCreator.flatMap((input) => [input.key.organizationId, input.key.createdBy, input.creatorRole, toDate(input.key.createTime)]),
   );
-  insertAudits(
-    tx,
-    inputs.map((input) => input.audit),
-  );
+  insertAudits(tx, inputs.map((input) => input.audit));
   await tx.commit();
   const roles = new Map<string, number>();
   for (const row of before.result!) roles.set(creatorKey(row.organization_id as string, row.user_id as string), Number(row.role));
@@ -581,8 +581,12 @@ async function insertKeys(tx: Transaction, inputs: NewKey[]): Promise<Omit<Creat
 }
 
 function compareCreators(a: KeyRecord, b: KeyRecord): number {
-  if (a.organizationId !== b.organizationId) return a.organizationId < b.organizationId ? -1 : 1;
-  return a.createdBy < b.createdBy ? -1 : a.createdBy > b.createdBy ? 1 : 0;
+  return compareText(a.organizationId, b.organizationId) || compareText(a.createdBy, b.createdBy);
+}
+
+/** By code unit, as the tables' binary collation orders ids. */
+function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 function creatorKey(organizationId: string, userId: string): string {
@@ -591,7 +595,12 @@ function creatorKey(organizationId: string, userId: string): string {
 
 /** "(?, ?), (?, ?)" for rows=2, columns=2. */
 function tuples(rows: number, columns: number): string {
-  return Array(rows).fill(`(${Array(columns).fill("?").join(", ")})`).join(", ");
+  return list(rows, `(${list(columns, "?")})`);
+}
+
+/** `item`, `count` times, separated by commas. */
+function list(count: number, item: string): string {
+  return Array(count).fill(item).join(", ");
 }
 
 /** Queued: sent with the transaction's next statement or its COMMIT. */
@@ -628,7 +637,7 @@ function insertAudit(tx: Transaction, audit: AuditRecord, onlyIf?: string): void
 
 /** Queued, like insertAudit. */
 function insertAudits(tx: Transaction, audits: AuditRecord[]): void {
-  tx.later(`INSERT INTO audit_events (${AUDIT_COLUMNS}) VALUES ${Array(audits.length).fill(AUDIT_ROW).join(", ")}`, audits.flatMap(auditValues));
+  tx.later(`INSERT INTO audit_events (${AUDIT_COLUMNS}) VALUES ${list(audits.length, AUDIT_ROW)}`, audits.flatMap(auditValues));
 }
 
 /** Revokes the keys at these positions (rows the caller has locked). */
