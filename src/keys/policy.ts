@@ -67,7 +67,8 @@ export function mayViewAll(policy: KeyPolicy, role: Role): boolean {
 
 /**
  * Whose keys an actor may revoke, known before any key is read: every key, only
- * the keys it created, or none. Agrees with requireMayChange, which also says why not.
+ * the keys it created, or none. The rule itself; requireMayChange applies it to
+ * one key and says why not.
  */
 export type Revocable = { kind: "any" } | { kind: "own"; userId: string } | { kind: "none" };
 
@@ -83,7 +84,8 @@ export function mayRevokeCreatedBy(allowed: Revocable, createdBy: string): boole
 
 /** May an actor with `role` and `userId` revoke (or change) a key created by `createdBy`? */
 export function requireMayChange(policy: KeyPolicy, actorId: string, role: Role, createdBy: string, action: string): void {
-  if (role >= policy.revoke_any) return;
+  if (mayRevokeCreatedBy(revocable(policy, actorId, role), createdBy)) return;
+  // Refused: by the rule the actor falls short of for this key.
   if (actorId === createdBy) return requireRole(policy, "revoke_own", role, action);
   requireRole(policy, "revoke_any", role, `${action} of another user's key`);
 }

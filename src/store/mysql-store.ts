@@ -388,9 +388,8 @@ export class MySqlStore implements Store {
         let update: Slot<ResultSetHeader> | null = null;
         if (revocable.kind !== "none") {
           update = tx.later(
-            `UPDATE api_keys SET revoke_time = ?, revoked_by = ?, revoke_reason = ?, update_time = ?
-             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL${revocable.kind === "own" ? " AND created_by = ?" : ""}`,
-            [toDate(now), revokedBy, reason, toDate(now), organizationId, keyId, ...(revocable.kind === "own" ? [revocable.userId] : [])],
+            `UPDATE api_keys SET ${REVOKED} WHERE organization_id = ? AND id = ? AND revoke_time IS NULL${revocable.kind === "own" ? " AND created_by = ?" : ""}`,
+            [...revokedValues(revokedBy, reason, now), organizationId, keyId, ...(revocable.kind === "own" ? [revocable.userId] : [])],
           );
           insertAudit(tx, audit, "ROW_COUNT() = 1");
         }
@@ -640,15 +639,16 @@ function insertAudits(tx: Transaction, audits: AuditRecord[]): void {
   tx.later(`INSERT INTO audit_events (${AUDIT_COLUMNS}) VALUES ${list(audits.length, AUDIT_ROW)}`, audits.flatMap(auditValues));
 }
 
+/** What a revocation writes to its key's row: the SET clause, and its values. */
+const REVOKED = "revoke_time = ?, revoked_by = ?, revoke_reason = ?, update_time = ?";
+
+function revokedValues(revokedBy: string, reason: string, now: number): unknown[] {
+  return [toDate(now), revokedBy, reason, toDate(now)];
+}
+
 /** Revokes the keys at these positions (rows the caller has locked). */
 function revokeSeqs(tx: Transaction, seqs: string[], revokedBy: string, reason: string, now: number): void {
-  tx.later("UPDATE api_keys SET revoke_time = ?, revoked_by = ?, revoke_reason = ?, update_time = ? WHERE seq IN (?)", [
-    toDate(now),
-    revokedBy,
-    reason,
-    toDate(now),
-    seqs.map(BigInt),
-  ]);
+  tx.later(`UPDATE api_keys SET ${REVOKED} WHERE seq IN (?)`, [...revokedValues(revokedBy, reason, now), seqs.map(BigInt)]);
 }
 
 async function revokeCreatedBy(

@@ -9,22 +9,26 @@ export interface TestDatabase {
   /** mysql://…/<fresh database name> */
   url: string;
   name: string;
+  /** Creates the (empty) database; a store's migrate() does it too. */
+  create(): Promise<void>;
   drop(): Promise<void>;
 }
 
 export async function freshDatabase(): Promise<TestDatabase> {
   const name = `apikeys_test_${randomBytes(6).toString("hex")}`;
   const url = `${SERVER_URL.replace(/\/+$/, "")}/${name}`;
+  const onServer = async (sql: string) => {
+    const conn = await mysql.createConnection(SERVER_URL);
+    try {
+      await conn.query(sql);
+    } finally {
+      await conn.end();
+    }
+  };
   return {
     url,
     name,
-    async drop() {
-      const conn = await mysql.createConnection(SERVER_URL);
-      try {
-        await conn.query(`DROP DATABASE IF EXISTS \`${name}\``);
-      } finally {
-        await conn.end();
-      }
-    },
+    create: () => onServer(`CREATE DATABASE \`${name}\``),
+    drop: () => onServer(`DROP DATABASE IF EXISTS \`${name}\``),
   };
 }

@@ -1,7 +1,6 @@
 // TimedPool's transactions against MariaDB: statements queued with `later`
 // travel with the next query or the COMMIT, and a failure anywhere in a batch
 // rolls the whole transaction back.
-import mysql from "mysql2/promise";
 import type { RowDataPacket } from "mysql2/promise";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { QUERY_TIMEOUT_MS, TimedConnection, TimedPool, createPool } from "../../src/store/mysql-pool.js";
@@ -18,9 +17,7 @@ describe("TimedPool.transaction", () => {
   };
   beforeAll(async () => {
     db = await freshDatabase();
-    const admin = await mysql.createConnection(db.url.slice(0, db.url.lastIndexOf("/")));
-    await admin.query(`CREATE DATABASE \`${db.name}\``);
-    await admin.end();
+    await db.create();
     // One connection: the session counters below are that connection's.
     pool = new TimedPool(createPool(db.url, 1));
     await pool.run((c) => c.query("CREATE TABLE t (v VARCHAR(20) PRIMARY KEY)"));
@@ -103,9 +100,7 @@ describe("TimedConnection.execute", () => {
 
   beforeAll(async () => {
     db = await freshDatabase();
-    const admin = await mysql.createConnection(db.url.slice(0, db.url.lastIndexOf("/")));
-    await admin.query(`CREATE DATABASE \`${db.name}\``);
-    await admin.end();
+    await db.create();
     proxy = await DbProxy.start();
     pool = new TimedPool(createPool(proxy.url(db.name), 1));
   });
