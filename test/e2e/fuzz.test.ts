@@ -184,32 +184,31 @@ function mutatedArb(method: (typeof METHODS)[number]): fc.Arbitrary<Record<strin
 // --- wire helpers --------------------------------------------------------------------------------
 
 /**
- * Calls not answered yet. A property that runs out of time is interrupted
- * with its last call in flight; that call may still write, so the next test
- * waits for it rather than see its rows appear under a call of its own.
+ * Property runs not finished yet. fast-check interrupts a property out of time
+ * by racing its run with the limit; the run goes on, and a call it makes may
+ * still write, so the next test waits for it rather than see its rows appear
+ * under a call of its own.
  */
-const unanswered = new Set<Promise<unknown>>();
+const unfinished = new Set<Promise<unknown>>();
 
-function tracked<T>(call: Promise<T>): Promise<T> {
-  unanswered.add(call);
-  return call.finally(() => unanswered.delete(call));
+/** The property's predicate, each of its runs kept in `unfinished` until it ends. */
+function tracked<A extends unknown[]>(predicate: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return (...args) => {
+    const run = predicate(...args);
+    unfinished.add(run);
+    return run.finally(() => unfinished.delete(run));
+  };
 }
 
 function rawGrpcCall(client: grpc.Client, path: string, payload: Buffer, token: string | null): Promise<number> {
   const md = new grpc.Metadata();
   if (token) md.set("authorization", `Bearer ${token}`);
-  return tracked(
-    new Promise((resolve) => {
-      client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, payload, md, (err) => resolve(err ? err.code : grpc.status.OK));
-    }),
-  );
+  return new Promise((resolve) => {
+    client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, payload, md, (err) => resolve(err ? err.code : grpc.status.OK));
+  });
 }
 
-function connectCall(baseUrl: string, path: string, body: Uint8Array<ArrayBuffer> | string, contentType: string): Promise<{ status: number; code: string; message: string }> {
-  return tracked(connectCallOnce(baseUrl, path, body, contentType));
-}
-
-async function connectCallOnce(baseUrl: string, path: string, body: Uint8Array<ArrayBuffer> | string, contentType: string): Promise<{ status: number; code: string; message: string }> {
+async function connectCall(baseUrl: string, path: string, body: Uint8Array<ArrayBuffer> | string, contentType: string): Promise<{ status: number; code: string; message: string }> {
   const res = await fetch(baseUrl + path, {
     method: "POST",
     headers: { "content-type": contentType, authorization: `Bearer ${TOKEN}` },
@@ -314,7 +313,7 @@ describe("fuzzing every RPC over a real server", () => {
     client = new grpc.Client(`127.0.0.1:${s.grpcPort}`, grpc.credentials.createInsecure());
   });
   afterEach(async () => {
-    await Promise.allSettled([...unanswered]);
+    await Promise.allSettled([...unfinished]);
   });
   afterAll(async () => {
     client?.close();
@@ -327,13 +326,13 @@ describe("fuzzing every RPC over a real server", () => {
     await fc.assert(
       fc.asyncProperty(
         fc.constantFrom(...METHODS).chain((m) => fc.oneof(messageArb(m.input), mutatedArb(m)).map((init) => ({ m, init }))),
-        async ({ m, init }) => {
+        tracked(async ({ m, init }) => {
           const before = await snapshot();
           const code = await rawGrpcCall(client, m.path, Buffer.from(toBinary(m.input, create(m.input, init as never))), TOKEN);
           codes.set(code, (codes.get(code) ?? 0) + 1);
           expect(ACCEPTABLE_GRPC, `${m.path} answered ${grpc.status[code]}`).toContain(code);
           if (code !== grpc.status.OK) expect(await snapshot(), `${m.path} was rejected but wrote`).toBe(before);
-        },
+        }),
       ),
       { numRuns: 5000, plugins: [TIME_LIMIT] },
     );
@@ -348,7 +347,7 @@ describe("fuzzing every RPC over a real server", () => {
     let rows = await snapshot();
     const codes = new Map<number, number>();
     await fc.assert(
-      fc.asyncProperty(fc.constantFrom(...METHODS), fc.uint8Array({ maxLength: 300 }), async (m, bytes) => {
+      fc.asyncProperty(fc.constantFrom(...METHODS), fc.uint8Array({ maxLength: 300 }), tracked(async (m, bytes) => {
         const code = await rawGrpcCall(client, m.path, Buffer.from(bytes), TOKEN);
         const hex = Buffer.from(bytes).toString("hex");
         codes.set(code, (codes.get(code) ?? 0) + 1);
@@ -357,7 +356,7 @@ describe("fuzzing every RPC over a real server", () => {
         // Kept before checking: a failed run must not leave a stale snapshot to the shrinking runs after it.
         rows = await snapshot();
         if (code !== grpc.status.OK) expect(rows, `${m.path} answered ${grpc.status[code]} to ${hex} but wrote`).toBe(before);
-      }),
+      })),
       { numRuns: 2000, plugins: [TIME_LIMIT], seed: Number(process.env.FUZZ_SEED ?? Date.now() | 0) },
     );
     expect(codes.get(grpc.status.INVALID_ARGUMENT)).toBeGreaterThan(20);
@@ -369,10 +368,10 @@ describe("fuzzing every RPC over a real server", () => {
       fc.asyncProperty(
         fc.constantFrom(...MANAGE_METHODS).chain((m) => messageArb(m.input).map((init) => ({ m, init }))),
         fc.constantFrom(null, VERIFY_ONLY_TOKEN, "fuzz-wrong-token-000000"),
-        async ({ m, init }, token) => {
+        tracked(async ({ m, init }, token) => {
           const code = await rawGrpcCall(client, m.path, Buffer.from(toBinary(m.input, create(m.input, init as never))), token);
           expect(code).toBe(token === VERIFY_ONLY_TOKEN ? grpc.status.PERMISSION_DENIED : grpc.status.UNAUTHENTICATED);
-        },
+        }),
       ),
       { numRuns: 1000, plugins: [TIME_LIMIT] },
     );
@@ -400,7 +399,7 @@ describe("fuzzing every RPC over a real server", () => {
           fc.uint8Array({ maxLength: 300 }).map((body) => ({ body: body as string | Uint8Array<ArrayBuffer>, type: "application/proto" })),
           fc.uint8Array({ maxLength: 100 }).map((body) => ({ body: body as string | Uint8Array<ArrayBuffer>, type: "application/json" })),
         ),
-        async (m, { body, type }) => {
+        tracked(async (m, { body, type }) => {
           const res = await connectCall(baseUrl, m.path, body, type);
           const after = await snapshot();
           const before = rows;
@@ -412,7 +411,7 @@ describe("fuzzing every RPC over a real server", () => {
           // runs (grpc-go does the same); our gRPC port says INVALID_ARGUMENT. Tolerated for exactly that.
           if (res.code === "internal" && type === "application/proto" && res.message.startsWith("parse binary:")) return;
           expect(ACCEPTABLE_CONNECT, `${m.path} answered ${res.status} ${res.code}: ${res.message}`).toContain(res.code);
-        },
+        }),
       ),
       { numRuns: 3000, plugins: [TIME_LIMIT] },
     );
