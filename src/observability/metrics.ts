@@ -102,6 +102,7 @@ export class Metrics {
       });
       gauge(registers, "apikeys_db_pool_max_connections", "The database pool's connection limit.", () => pool.poolStats().max);
       gauge(registers, "apikeys_db_pool_waiting", "Queries waiting for a free database connection.", () => pool.poolStats().waiting);
+      counter(registers, "apikeys_db_deadlocks_total", "Transactions the database rolled back as a deadlock's victim (each is run again, up to 3 times).", () => pool.poolStats().deadlocks);
     }
   }
 

@@ -133,12 +133,28 @@ export interface Slot<T> {
   result?: T;
 }
 
+/** How a transaction sees rows others change (the session's default is REPEATABLE READ). */
+export interface TransactionOptions {
+  /**
+   * READ COMMITTED: locking reads of rows that do not exist take no gap locks,
+   * so transactions that lock rows they may be about to insert do not deadlock
+   * each other over the gap between them.
+   */
+  readCommitted?: boolean;
+}
+
 class PipelinedTransaction implements Transaction {
-  private pending: string[] = ["START TRANSACTION"];
-  private slots: (Slot<unknown> | undefined)[] = [undefined];
+  private pending: string[];
+  private slots: (Slot<unknown> | undefined)[];
   committed = false;
 
-  constructor(private readonly conn: TimedConnection) {}
+  constructor(
+    private readonly conn: TimedConnection,
+    options: TransactionOptions,
+  ) {
+    this.pending = options.readCommitted ? ["SET TRANSACTION ISOLATION LEVEL READ COMMITTED", "START TRANSACTION"] : ["START TRANSACTION"];
+    this.slots = this.pending.map(() => undefined);
+  }
 
   later<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Slot<T> {
     if (this.committed) throw new Error("the transaction has been committed");
@@ -203,6 +219,9 @@ export function createPool(url: string, connectionLimit: number): Pool {
 }
 
 export class TimedPool {
+  /** Transactions InnoDB rolled back as a deadlock's victim (each ran again, up to TRANSACTION_ATTEMPTS). */
+  deadlocks = 0;
+
   constructor(readonly pool: Pool) {}
 
   /**
@@ -240,11 +259,11 @@ export class TimedPool {
    * as a deadlock victim. A connection that cannot even roll back is broken
    * and is dropped rather than returned to the pool.
    */
-  async transaction<T>(work: (tx: Transaction) => Promise<T>): Promise<T> {
+  async transaction<T>(work: (tx: Transaction) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       const conn = await this.acquire();
       try {
-        const tx = new PipelinedTransaction(conn);
+        const tx = new PipelinedTransaction(conn, options);
         const result = await work(tx);
         await tx.commit();
         return result;
@@ -256,7 +275,9 @@ export class TimedPool {
             conn.broken = true;
           });
         }
-        if (errorCode(err) !== "ER_LOCK_DEADLOCK" || attempt === TRANSACTION_ATTEMPTS) throw err;
+        if (errorCode(err) !== "ER_LOCK_DEADLOCK") throw err;
+        this.deadlocks++;
+        if (attempt === TRANSACTION_ATTEMPTS) throw err;
       } finally {
         conn.release();
       }

@@ -115,6 +115,8 @@ export interface PoolStats {
   /** Queries waiting for a free connection. */
   waiting: number;
   max: number;
+  /** Transactions rolled back as a deadlock's victim, since start. */
+  deadlocks: number;
 }
 
 
@@ -190,7 +192,7 @@ export class MySqlStore implements Store {
     };
     const open = core._allConnections.length;
     const idle = core._freeConnections.length;
-    return { inUse: open - idle, idle, waiting: core._connectionQueue.length, max: core.config.connectionLimit };
+    return { inUse: open - idle, idle, waiting: core._connectionQueue.length, max: core.config.connectionLimit, deadlocks: this.db.deadlocks };
   }
 
   /**
@@ -241,7 +243,7 @@ export class MySqlStore implements Store {
       return this.createOne(one.input).then(one.resolve, one.reject);
     }
     try {
-      const created = await this.db.transaction((tx) => insertKeys(tx, batch.map((c) => c.input)));
+      const created = await this.insertKeys(batch.map((c) => c.input));
       batch.forEach((c, i) => c.resolve({ ...created[i], created: true }));
     } catch (err) {
       if (databaseUnavailable(err)) {
@@ -258,7 +260,7 @@ export class MySqlStore implements Store {
     const { key } = input;
     return guard(async () => {
       try {
-        const [created] = await this.db.transaction((tx) => insertKeys(tx, [input]));
+        const [created] = await this.insertKeys([input]);
         return { ...created, created: true };
       } catch (err) {
         if (input.requestId !== "" && errorCode(err) === "ER_DUP_ENTRY") {
@@ -273,6 +275,12 @@ export class MySqlStore implements Store {
         throw err;
       }
     });
+  }
+
+  /** The keys written in one transaction (see insertKeys). */
+  private insertKeys(inputs: NewKey[]): Promise<Omit<CreatedKey, "created">[]> {
+    // Read committed: insertKeys locks its creators' member rows, existing or not (see there).
+    return this.db.transaction((tx) => insertKeys(tx, inputs), { readCommitted: true });
   }
 
   getKey(organizationId: string, keyId: string): Promise<KeyRecord | null> {
@@ -544,8 +552,12 @@ async function insertKeys(tx: Transaction, inputs: NewKey[]): Promise<Omit<Creat
   const byCreator = [...inputs].sort((a, b) => compareCreators(a.key, b.key));
   const creators = byCreator.map((input) => [input.key.organizationId, input.key.createdBy]);
   // The creators' roles before this call: if one changes, instances may hold that creator's keys with the old one.
+  // A locking read: it waits for a concurrent change of a creator's role and reads what that change wrote (a
+  // plain read would see the role from before it, and take putting the role back for no change). Under read
+  // committed a creator without a row yet locks no gap, so new creators' first creates do not deadlock; two
+  // such creates of one creator both read no row and both say changed, at worst one broadcast too many.
   const before = tx.later<RowDataPacket[]>(
-    `SELECT organization_id, user_id, role FROM members WHERE ${creators.map(() => "(organization_id = ? AND user_id = ?)").join(" OR ")}`,
+    `SELECT organization_id, user_id, role FROM members WHERE ${creators.map(() => "(organization_id = ? AND user_id = ?)").join(" OR ")} FOR UPDATE`,
     creators.flat(),
   );
   // A new organization's row is as old as its first key of the batch.

@@ -145,6 +145,7 @@ describe("observability on a real server (MariaDB, Redis)", () => {
     expect(sample(text, "apikeys_broadcast_published_total")).toEqual(expect.any(Number));
     expect(sample(text, "apikeys_db_pool_max_connections")).toBe(10);
     expect(sample(text, 'apikeys_db_pool_connections{state="idle"}')).toBeGreaterThanOrEqual(1);
+    expect(sample(text, "apikeys_db_deadlocks_total")).toBe(0);
     expect(sample(text, "apikeys_last_used_writes_total")).toBeGreaterThanOrEqual(0);
     expect(text).toMatch(/^process_cpu_user_seconds_total \d/m);
     expect(text).toMatch(/^nodejs_eventloop_lag_seconds \d/m);

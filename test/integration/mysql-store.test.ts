@@ -148,6 +148,56 @@ describe("MySqlStore", () => {
     }
   });
 
+  it("says a creator's role changed when another session changed it while the create waited", async () => {
+    const store = await MySqlStore.open(db.url);
+    await store.migrate();
+    const changer = await mysql.createConnection(db.url);
+    const org = "org_role_race";
+    const newKey = (creatorRole: Role): NewKey => {
+      const key = keyRecord({ organizationId: org, createdBy: "u_race" });
+      return { key, hash: randomBytes(32), creatorRole, requestId: "", audit: auditRecord(org, "key.create", { keyId: key.id }) };
+    };
+    try {
+      expect((await store.createKey(newKey(Role.MEMBER))).memberChanged).toBe(true);
+      // Another session (another instance's create, say) makes the creator an admin and has not committed yet...
+      await changer.query("START TRANSACTION");
+      await changer.query("UPDATE members SET role = ? WHERE organization_id = ? AND user_id = ?", [Role.ADMIN, org, "u_race"]);
+      // ...when a create with the role the row held before starts.
+      const create = store.createKey(newKey(Role.MEMBER));
+      await sleep(200);
+      await changer.query("COMMIT");
+      // It puts the role back: instances that cached the creator's keys as an admin in between must hear of it.
+      expect((await create).memberChanged).toBe(true);
+      const [rows] = await changer.query<RowDataPacket[]>("SELECT role FROM members WHERE organization_id = ? AND user_id = ?", [org, "u_race"]);
+      expect(Number(rows[0].role)).toBe(Role.MEMBER);
+    } finally {
+      await changer.end();
+      await store.close();
+    }
+  });
+
+  it("does not deadlock first creates of new creators from several instances at once", async () => {
+    // Each create locks its creators' member rows before writing them; for creators without a row yet, that
+    // must not lock the gap between rows, or two instances' batches of new creators deadlock over it.
+    const stores = await Promise.all([1, 2, 3].map(() => MySqlStore.open(db.url)));
+    try {
+      await stores[0].migrate();
+      const org = "org_new_creators";
+      const creates = stores.flatMap((store) =>
+        Array.from({ length: 300 }, (_, i) => {
+          const key = keyRecord({ organizationId: org, createdBy: `u_${randomBytes(4).toString("hex")}` });
+          const creatorRole = i % 2 === 0 ? Role.MEMBER : Role.ADMIN;
+          return store.createKey({ key, hash: randomBytes(32), creatorRole, requestId: "", audit: auditRecord(org, "key.create", { keyId: key.id }) });
+        }),
+      );
+      const results = await Promise.allSettled(creates);
+      expect(results.filter((r) => r.status === "rejected")).toEqual([]);
+      expect(stores.map((s) => s.poolStats().deadlocks)).toEqual([0, 0, 0]);
+    } finally {
+      await Promise.all(stores.map((s) => s.close()));
+    }
+  });
+
   it("reports a dead database as UNAVAILABLE, fast", async () => {
     const store = await MySqlStore.open("mysql://root@127.0.0.1:1/apikeys");
     try {
