@@ -174,6 +174,8 @@ interface InMemory {
   max: LoadResult;
   half: HalfLoad;
   ratio: number;
+  /** Each pair's ratio (scenario run / the baseline run after it): how far the runs agree. */
+  pairs: number[];
   /** The soak: the service's first run after it idled, and the baseline's run just before it; null without one. */
   soak: { service: LoadResult; baseline: LoadResult } | null;
 }
@@ -197,13 +199,15 @@ async function measureInMemory(b: Bench, load: LoadSpec): Promise<InMemory> {
     soak = { baseline, service: await run(load.target) };
   }
   const { max, half } = await maxAndHalf(b.tool, load);
-  return { max, half, ratio: await pairedRatio(b, load, max), soak };
+  return { max, half, ...(await pairedRatio(b, load, max)), soak };
 }
 
-function soakNote(b: Bench, m: InMemory): string {
-  if (m.soak === null) return "";
+/** How the row's ratio was measured: its pairs, and the soak before them. */
+function pairingNote(b: Bench, m: InMemory): string {
+  const pairs = `; the ratio's pairs of runs: ${m.pairs.map((r) => `${r.toFixed(2)}×`).join(", ")}`;
+  if (m.soak === null) return pairs;
   const { service, baseline } = m.soak;
-  return `; measured after ${b.settings.soakS} s of this load (during them, just after the service idled: ${(service.rps / baseline.rps).toFixed(2)}×)`;
+  return `${pairs}; measured after ${b.settings.soakS} s of this load (during them, just after the service idled: ${(service.rps / baseline.rps).toFixed(2)}×)`;
 }
 
 /**
@@ -212,10 +216,14 @@ function soakNote(b: Bench, m: InMemory): string {
  * the baseline again (A2), each with the same requests; (B1 + B2) / (A1 + A2).
  * A shared VM's speed drifts over minutes, so a baseline measured once at the
  * start made ratios swing by ±0.2 between runs; interleaving cancels drift.
+ * Each pair's own ratio (B1/A1, B2/A2) is kept too: the row shows how far they agree.
  */
-async function pairedRatio(b: Bench, scenario: LoadSpec, first: LoadResult): Promise<number> {
+async function pairedRatio(b: Bench, scenario: LoadSpec, first: LoadResult): Promise<{ ratio: number; pairs: number[] }> {
   const runs = await inTurns(b.tool, scenario, { ...scenario, target: b.baselineChild!.target }, first);
-  return sumRps(runs.scenario) / sumRps(runs.baseline);
+  return {
+    ratio: sumRps(runs.scenario) / sumRps(runs.baseline),
+    pairs: runs.scenario.map((run, i) => run.rps / runs.baseline[i].rps),
+  };
 }
 
 /** Scenario and baseline runs in turns (scenario, baseline, scenario, baseline); `first` is a scenario run already made. */
@@ -308,7 +316,7 @@ export async function cached(b: Bench, main: MainService): Promise<void> {
     p99Ms: half.p99Ms,
     target: "≥ 0.9×; p50, p99 ≤ 2 ms",
     verdict: !wrong && ratio >= 0.9 && half.p50Ms <= 2 && half.p99Ms <= 2 ? "PASS" : "FAIL",
-    notes: wrong ?? halfNote(half) + soakNote(b, measured),
+    notes: wrong ?? halfNote(half) + pairingNote(b, measured),
   });
 }
 
@@ -354,7 +362,8 @@ export async function workers(b: Bench, main: MainService): Promise<void> {
       notes:
         wrong ??
         `per process ${Math.round(serviceRps / count)} req/s; calls answered by each: ${shares.map((n) => `${Math.round((100 * n) / Math.max(1, total))}%`).join(", ")}` +
-          (single ? `; ${(serviceRps / single).toFixed(2)}× the one-process baseline` : ""),
+          (single ? `; ${(serviceRps / single).toFixed(2)}× the one-process baseline` : "") +
+          `; the ratio's pairs of runs: ${runs.scenario.map((run, i) => `${(run.rps / runs.baseline[i].rps).toFixed(2)}×`).join(", ")}`,
     });
   } finally {
     await Promise.all([service.stop(), base.stop()]);
@@ -383,7 +392,7 @@ export async function limits(b: Bench, main: MainService): Promise<void> {
     p99Ms: half.p99Ms,
     target: "≥ 0.6×",
     verdict: !wrong && ratio >= 0.6 ? "PASS" : "FAIL",
-    notes: wrong ?? `${halfNote(half)}; ${consumed} credits consumed${soakNote(b, measured)}`,
+    notes: wrong ?? `${halfNote(half)}; ${consumed} credits consumed${pairingNote(b, measured)}`,
   });
 }
 
@@ -486,7 +495,7 @@ export async function negative(b: Bench, main: MainService): Promise<void> {
       p99Ms: half.p99Ms,
       target: needsNoLookup ? "≥ 0.9×; 0 MySQL lookups" : "≥ 0.9×",
       verdict: !wrong && ratio >= 0.9 && (!needsNoLookup || lookups === 0) ? "PASS" : "FAIL",
-      notes: wrong ?? `${halfNote(half)}; ${lookups} MySQL lookups in ${calls} calls${soakNote(b, measured)}`,
+      notes: wrong ?? `${halfNote(half)}; ${lookups} MySQL lookups in ${calls} calls${pairingNote(b, measured)}`,
     });
   }
 }
