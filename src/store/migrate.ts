@@ -29,6 +29,17 @@ export function migrationsDirectory(): string {
 }
 
 /**
+ * Why the service cannot run on a server with these settings, or null.
+ * CreateKey's transactions run READ COMMITTED (see insertKeys in
+ * mysql-store.ts), and InnoDB refuses writes at that level while the binary
+ * log records statements: every CreateKey would fail. Said at start instead.
+ */
+export function unsupportedServer(logBin: boolean, binlogFormat: string): string | null {
+  if (!logBin || binlogFormat.toUpperCase() !== "STATEMENT") return null;
+  return "the MySQL server logs statements (binlog_format=STATEMENT), which InnoDB cannot do for the service's READ COMMITTED transactions; set binlog_format=ROW or MIXED (the defaults of MySQL and MariaDB)";
+}
+
+/**
  * Creates the database named in the URL if missing and applies the pending
  * migrations. Returns the versions (file names) it applied.
  */
@@ -47,6 +58,9 @@ export async function runMigrations(url: string, connectTimeout: number): Promis
   // a GET_LOCK belongs to the session that took it.
   const conn = await mysql.createConnection({ uri: server.toString(), connectTimeout, multipleStatements: true });
   try {
+    const [settings] = await conn.query<RowDataPacket[]>("SELECT @@log_bin AS logBin, @@binlog_format AS binlogFormat");
+    const refusal = unsupportedServer(Number(settings[0].logBin) === 1, String(settings[0].binlogFormat));
+    if (refusal !== null) throw new Error(refusal);
     await conn.query(`CREATE DATABASE IF NOT EXISTS ${quoteName(database)} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`);
     await conn.query(`USE ${quoteName(database)}`);
     // Lock names are server-wide and at most 64 characters: hash the database name.
