@@ -4,7 +4,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import type { ServerStats } from "./server.js";
+import type { ServerStats, Usage } from "./server.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -32,6 +32,8 @@ export interface ServerChild {
   stats(): Promise<ServerStats>;
   /** The server's RSS in bytes, read without collecting garbage first (unlike stats). */
   rss(): Promise<number>;
+  /** CPU time used and verifications answered so far, read without collecting garbage. */
+  usage(): Promise<Usage>;
   /** Graceful stop: in-flight calls drain, last-used times flush, a CPU profile is written. */
   stop(): Promise<void>;
 }
@@ -76,6 +78,12 @@ export async function startServer(mode: "service" | "baseline", options: ServerO
       return new Promise((resolve) => {
         replies.push((m) => resolve(m.rss as number));
         child.stdin!.write("rss\n");
+      });
+    },
+    usage() {
+      return new Promise((resolve) => {
+        replies.push((m) => resolve(m as unknown as Usage));
+        child.stdin!.write("usage\n");
       });
     },
     async stop() {

@@ -22,6 +22,7 @@ import {
 } from "../gen/apikeys/v1/apikeys_pb.js";
 import { generateSecret } from "../src/keys/key-format.js";
 import { type ServerChild, startServer } from "./children.js";
+import type { Usage } from "./server.js";
 import { DATASET_SCOPES, ensureBufferPool, openDataset, sizeLabel } from "./dataset.js";
 import { type LoadResult, type LoadSpec, type Tool, grpcFrame, runLoad } from "./load.js";
 import { topSelfTime } from "./profile.js";
@@ -176,6 +177,8 @@ interface InMemory {
   ratio: number;
   /** Each pair's ratio (scenario run / the baseline run after it): how far the runs agree. */
   pairs: number[];
+  /** CPU time per call over the measured runs (µs): the service's and the baseline's, less noisy than req/s. */
+  cpuPerCall: { service: number; baseline: number };
   /** The soak: the service's first run after it idled, and the baseline's run just before it; null without one. */
   soak: { service: LoadResult; baseline: LoadResult } | null;
 }
@@ -191,7 +194,7 @@ interface InMemory {
  * run `soakS` seconds of this load, unmeasured (the baseline first, so that the service does not idle again
  * before its runs); the service's soak is reported with the row, as what the first seconds after a pause give.
  */
-async function measureInMemory(b: Bench, load: LoadSpec): Promise<InMemory> {
+async function measureInMemory(b: Bench, service: ServerChild, load: LoadSpec): Promise<InMemory> {
   let soak: InMemory["soak"] = null;
   if (b.settings.soakS > 0) {
     const run = (target: string) => runLoad(b.tool, { ...load, target, durationS: b.settings.soakS, warmupS: 0 });
@@ -199,15 +202,20 @@ async function measureInMemory(b: Bench, load: LoadSpec): Promise<InMemory> {
     soak = { baseline, service: await run(load.target) };
   }
   const { max, half } = await maxAndHalf(b.tool, load);
-  return { max, half, ...(await pairedRatio(b, load, max)), soak };
+  return { max, half, ...(await pairedRatio(b, service, load, max)), soak };
 }
 
 /** How the row's ratio was measured: its pairs, and the soak before them. */
 function pairingNote(b: Bench, m: InMemory): string {
-  const pairs = `; the ratio's pairs of runs: ${m.pairs.map((r) => `${r.toFixed(2)}×`).join(", ")}`;
+  const pairs = `; the ratio's pairs of runs: ${m.pairs.map((r) => `${r.toFixed(2)}×`).join(", ")}; ${cpuNote(m.cpuPerCall)}`;
   if (m.soak === null) return pairs;
   const { service, baseline } = m.soak;
   return `${pairs}; measured after ${b.settings.soakS} s of this load (during them, just after the service idled: ${(service.rps / baseline.rps).toFixed(2)}×)`;
+}
+
+/** CPU time per call of the service and the baseline at the same load: the ratio of work done, which steal and drift move less than req/s. */
+function cpuNote(cpu: InMemory["cpuPerCall"]): string {
+  return `CPU per call: the service ${cpu.service.toFixed(1)} µs, the baseline ${cpu.baseline.toFixed(1)} µs (${(cpu.baseline / cpu.service).toFixed(2)}×)`;
 }
 
 /**
@@ -218,26 +226,51 @@ function pairingNote(b: Bench, m: InMemory): string {
  * start made ratios swing by ±0.2 between runs; interleaving cancels drift.
  * Each pair's own ratio (B1/A1, B2/A2) is kept too: the row shows how far they agree.
  */
-async function pairedRatio(b: Bench, scenario: LoadSpec, first: LoadResult): Promise<{ ratio: number; pairs: number[] }> {
-  const runs = await inTurns(b.tool, scenario, { ...scenario, target: b.baselineChild!.target }, first);
+async function pairedRatio(
+  b: Bench,
+  service: ServerChild,
+  scenario: LoadSpec,
+  first: LoadResult,
+): Promise<Pick<InMemory, "ratio" | "pairs" | "cpuPerCall">> {
+  const runs = await inTurns(b.tool, { load: scenario, server: service }, { load: { ...scenario, target: b.baselineChild!.target }, server: b.baselineChild! }, first);
   return {
     ratio: sumRps(runs.scenario) / sumRps(runs.baseline),
     pairs: runs.scenario.map((run, i) => run.rps / runs.baseline[i].rps),
+    cpuPerCall: runs.cpuPerCall,
   };
 }
 
-/** Scenario and baseline runs in turns (scenario, baseline, scenario, baseline); `first` is a scenario run already made. */
+/** A load and the server it goes to. */
+interface Target {
+  load: LoadSpec;
+  server: ServerChild;
+}
+
+/**
+ * Scenario and baseline runs in turns (scenario, baseline, scenario, baseline); `first` is a scenario run
+ * already made. Also each server's CPU time per call over the runs made here, all at the same load.
+ */
 async function inTurns(
   tool: Tool,
-  scenario: LoadSpec,
-  baseline: LoadSpec,
+  scenario: Target,
+  baseline: Target,
   first?: LoadResult,
-): Promise<{ scenario: LoadResult[]; baseline: LoadResult[] }> {
-  const s1 = first ?? (await runLoad(tool, scenario));
-  const b1 = await runLoad(tool, baseline);
-  const s2 = await runLoad(tool, scenario);
-  const b2 = await runLoad(tool, baseline);
-  return { scenario: [s1, s2], baseline: [b1, b2] };
+): Promise<{ scenario: LoadResult[]; baseline: LoadResult[]; cpuPerCall: { service: number; baseline: number } }> {
+  const used = { service: { cpuMicros: 0, calls: 0 }, baseline: { cpuMicros: 0, calls: 0 } };
+  const run = async (target: Target, into: Usage): Promise<LoadResult> => {
+    const before = await target.server.usage();
+    const result = await runLoad(tool, target.load);
+    const after = await target.server.usage();
+    into.cpuMicros += after.cpuMicros - before.cpuMicros;
+    into.calls += after.calls - before.calls;
+    return result;
+  };
+  const s1 = first ?? (await run(scenario, used.service));
+  const b1 = await run(baseline, used.baseline);
+  const s2 = await run(scenario, used.service);
+  const b2 = await run(baseline, used.baseline);
+  const perCall = (u: Usage) => u.cpuMicros / Math.max(1, u.calls);
+  return { scenario: [s1, s2], baseline: [b1, b2], cpuPerCall: { service: perCall(used.service), baseline: perCall(used.baseline) } };
 }
 
 function sumRps(runs: LoadResult[]): number {
@@ -304,7 +337,7 @@ export async function baseline(b: Bench, main: MainService): Promise<void> {
 export async function cached(b: Bench, main: MainService): Promise<void> {
   const answer = await expectVerify(main.client, main.keys.plain, VerifyCode.VALID);
   const load = spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]);
-  const measured = await measureInMemory(b, load);
+  const measured = await measureInMemory(b, main.child, load);
   const { max, half, ratio } = measured;
   await expectVerify(main.client, main.keys.plain, VerifyCode.VALID);
   const wrong = wrongAnswers([max, half], toBinary(VerifyKeyResponseSchema, answer).length);
@@ -338,7 +371,7 @@ export async function workers(b: Bench, main: MainService): Promise<void> {
     const serviceLoad = spec(b, service.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]);
     const baseLoad = spec(b, base.target, VERIFY_PATH, [verifyFrame(main.keys.plain)]);
     // Paired, as the other in-memory ratios.
-    const runs = await inTurns(b.tool, serviceLoad, baseLoad);
+    const runs = await inTurns(b.tool, { load: serviceLoad, server: service }, { load: baseLoad, server: base });
     const stats = await service.stats();
     const wrong = wrongAnswers([...runs.scenario, ...runs.baseline], encoded.length);
     const serviceRps = sumRps(runs.scenario) / runs.scenario.length;
@@ -363,7 +396,8 @@ export async function workers(b: Bench, main: MainService): Promise<void> {
         wrong ??
         `per process ${Math.round(serviceRps / count)} req/s; calls answered by each: ${shares.map((n) => `${Math.round((100 * n) / Math.max(1, total))}%`).join(", ")}` +
           (single ? `; ${(serviceRps / single).toFixed(2)}× the one-process baseline` : "") +
-          `; the ratio's pairs of runs: ${runs.scenario.map((run, i) => `${(run.rps / runs.baseline[i].rps).toFixed(2)}×`).join(", ")}`,
+          `; the ratio's pairs of runs: ${runs.scenario.map((run, i) => `${(run.rps / runs.baseline[i].rps).toFixed(2)}×`).join(", ")}` +
+          `; ${cpuNote(runs.cpuPerCall)}`,
     });
   } finally {
     await Promise.all([service.stop(), base.stop()]);
@@ -379,7 +413,7 @@ export async function limits(b: Bench, main: MainService): Promise<void> {
     return;
   }
   const load = spec(b, main.child.target, VERIFY_PATH, [verifyFrame(main.keys.limited, 1)]);
-  const measured = await measureInMemory(b, load);
+  const measured = await measureInMemory(b, main.child, load);
   const { max, half, ratio } = measured;
   const last = await expectVerify(main.client, main.keys.limited, VerifyCode.VALID, 1);
   const consumed = (first.remainingCredits ?? 0n) - (last.remainingCredits ?? 0n);
@@ -480,7 +514,7 @@ export async function negative(b: Bench, main: MainService): Promise<void> {
     const answer = await expectVerify(main.client, key, VerifyCode.NOT_FOUND);
     const before = await main.child.stats();
     const load = spec(b, main.child.target, VERIFY_PATH, [verifyFrame(key)]);
-    const measured = await measureInMemory(b, load);
+    const measured = await measureInMemory(b, main.child, load);
     const { max, half, ratio } = measured;
     await expectVerify(main.client, key, VerifyCode.NOT_FOUND);
     const after = await main.child.stats();

@@ -52,7 +52,15 @@ interface Running {
   grpcPort: number;
   httpPort: number;
   stats(): ServerStats;
+  /** Verifications answered so far, read without the GC stats() does. */
+  calls(): number;
   stop(): Promise<void>;
+}
+
+/** What the "usage" command answers: CPU time and calls so far, read without collecting garbage. */
+export interface Usage {
+  cpuMicros: number;
+  calls: number;
 }
 
 /**
@@ -152,6 +160,7 @@ async function startService(): Promise<Running> {
         broadcastLatency,
       };
     },
+    calls: () => app.verifier.stats.byCode.reduce((sum, n) => sum + n, 0),
     stop: () => app.stop(),
   };
 }
@@ -185,6 +194,7 @@ async function startBaseline(): Promise<Running> {
     grpcPort,
     httpPort: 0,
     stats: () => ({ ...memory(), verified, cacheSize: 0, cpuMicros: cpuMicros(), storeCalls: {}, storeLatency: {} }),
+    calls: () => verified.reduce((sum, n) => sum + n, 0),
     stop: () => new Promise((resolve) => server.tryShutdown(() => resolve())),
   };
 }
@@ -207,6 +217,7 @@ async function main(): Promise<void> {
   lines.on("line", (line) => {
     if (line === "stats") say(running.stats());
     else if (line === "rss") say({ rss: process.memoryUsage.rss() });
+    else if (line === "usage") say(usage(running));
     else if (line === "stop") stop();
   });
   lines.on("close", stop);
@@ -219,26 +230,28 @@ async function main(): Promise<void> {
 function supervise(count: number, say: (message: object) => void): void {
   const workers = Array.from({ length: count }, () => cluster.fork());
   let listening = 0;
-  const replies: ((stats: ServerStats) => void)[][] = workers.map(() => []);
+  // Each worker answers requests in order: its replies resolve these, first come first served.
+  const replies: ((answer: unknown) => void)[][] = workers.map(() => []);
   workers.forEach((worker, i) => {
-    worker.on("message", (message: { type: string; grpcPort?: number; httpPort?: number; stats?: ServerStats }) => {
+    worker.on("message", (message: { type: string; grpcPort?: number; httpPort?: number; answer?: unknown }) => {
       if (message.type === "listening" && ++listening === count) say({ grpcPort: message.grpcPort, httpPort: message.httpPort });
-      else if (message.type === "stats") replies[i].shift()?.(message.stats!);
+      else if (message.type === "answer") replies[i].shift()?.(message.answer);
     });
     worker.on("exit", (code) => {
       if (code !== 0) process.exit(1);
     });
   });
-  const allStats = () =>
+  const ask = <T>(type: "stats" | "usage") =>
     Promise.all(
       workers.map(
         (worker, i) =>
-          new Promise<ServerStats>((resolve) => {
-            replies[i].push(resolve);
-            worker.send({ type: "stats" });
+          new Promise<T>((resolve) => {
+            replies[i].push(resolve as (answer: unknown) => void);
+            worker.send({ type });
           }),
       ),
     );
+  const allStats = () => ask<ServerStats>("stats");
   const stop = () => {
     let left = count;
     for (const worker of workers) {
@@ -250,6 +263,9 @@ function supervise(count: number, say: (message: object) => void): void {
   lines.on("line", (line) => {
     if (line === "stats") allStats().then((all) => say(sumStats(all)));
     else if (line === "rss") allStats().then((all) => say({ rss: all.reduce((sum, st) => sum + st.rss, 0) }));
+    else if (line === "usage") {
+      ask<Usage>("usage").then((all) => say({ cpuMicros: sum(all, (u) => u.cpuMicros), calls: sum(all, (u) => u.calls) } satisfies Usage));
+    }
     else if (line === "stop") stop();
   });
   lines.on("close", stop);
@@ -258,27 +274,36 @@ function supervise(count: number, say: (message: object) => void): void {
 function serveSupervisor(running: Running): void {
   process.send!({ type: "listening", grpcPort: running.grpcPort, httpPort: running.httpPort });
   process.on("message", (message: { type: string }) => {
-    if (message.type === "stats") process.send!({ type: "stats", stats: running.stats() });
+    if (message.type === "stats") process.send!({ type: "answer", answer: running.stats() });
+    else if (message.type === "usage") process.send!({ type: "answer", answer: usage(running) });
     else if (message.type === "stop") running.stop().then(() => process.exit(0));
   });
 }
 
+function usage(running: Running): Usage {
+  return { cpuMicros: cpuMicros(), calls: running.calls() };
+}
+
+function sum<T>(items: T[], pick: (item: T) => number): number {
+  return items.reduce((total, item) => total + pick(item), 0);
+}
+
 function sumStats(all: ServerStats[]): ServerStats {
-  const sum = (pick: (st: ServerStats) => number) => all.reduce((total, st) => total + pick(st), 0);
+  const total = (pick: (st: ServerStats) => number) => sum(all, pick);
   const storeCalls: Record<string, number> = {};
   for (const st of all) for (const [name, n] of Object.entries(st.storeCalls)) storeCalls[name] = (storeCalls[name] ?? 0) + n;
   return {
     ...all[0],
-    rss: sum((st) => st.rss),
-    heapUsed: sum((st) => st.heapUsed),
-    rssAfterGc: sum((st) => st.rssAfterGc),
-    heapAfterGc: sum((st) => st.heapAfterGc),
-    heapTotalAfterGc: sum((st) => st.heapTotalAfterGc),
-    externalAfterGc: sum((st) => st.externalAfterGc),
-    arrayBuffersAfterGc: sum((st) => st.arrayBuffersAfterGc),
-    verified: all[0].verified.map((_, code) => sum((st) => st.verified[code] ?? 0)),
-    cpuMicros: sum((st) => st.cpuMicros),
-    cacheSize: sum((st) => st.cacheSize),
+    rss: total((st) => st.rss),
+    heapUsed: total((st) => st.heapUsed),
+    rssAfterGc: total((st) => st.rssAfterGc),
+    heapAfterGc: total((st) => st.heapAfterGc),
+    heapTotalAfterGc: total((st) => st.heapTotalAfterGc),
+    externalAfterGc: total((st) => st.externalAfterGc),
+    arrayBuffersAfterGc: total((st) => st.arrayBuffersAfterGc),
+    verified: all[0].verified.map((_, code) => total((st) => st.verified[code] ?? 0)),
+    cpuMicros: total((st) => st.cpuMicros),
+    cacheSize: total((st) => st.cacheSize),
     storeCalls,
     perProcess: all.map((st) => ({ verified: st.verified.reduce((a, n) => a + n, 0), cpuMicros: st.cpuMicros, rss: st.rss })),
   };

@@ -52,6 +52,9 @@ describe("bench smoke run", () => {
       // The table on stdout holds the same rows.
       expect(stdout).toContain(`| ${row.scenario} `);
     }
+    // In-memory rows say how their ratio was measured: each pair's ratio, and CPU per call of both servers.
+    const cached = results.rows.find((r) => r.scenario === "1. cached VerifyKey (valid key)");
+    expect(cached?.notes).toMatch(/pairs of runs: \d+\.\d\d×, \d+\.\d\d×; CPU per call: the service \d+\.\d µs, the baseline \d+\.\d µs/);
     expect(stdout).toMatch(/\| scenario +\| req\/s +\| × baseline +\| p50 ms +\| p99 ms +\| target +\| result +\| notes +\|/);
   });
 });
