@@ -7,8 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { AuditRecord, KeyRecord } from "../../src/keys/records.js";
 import { type Revocable, mayRevokeCreatedBy } from "../../src/keys/policy.js";
-import type { ListKeysQuery, NewKey, RevokePermission, Store } from "../../src/store/store.js";
-import { T0, auditRecord, keyRecord as buildKey, uid } from "../helpers/records.js";
+import type { ListKeysQuery, RevokePermission, Store } from "../../src/store/store.js";
+import { type NewKeyOptions, T0, auditRecord, keyRecord as buildKey, newKey, uid } from "../helpers/records.js";
 
 const MINUTE = 60_000;
 
@@ -18,23 +18,6 @@ function secretHash(): Buffer {
 
 function keyRecord(organizationId: string, fields: Partial<KeyRecord> = {}): KeyRecord {
   return buildKey({ organizationId, ...fields });
-}
-
-interface NewKeyOptions {
-  key?: Partial<KeyRecord>;
-  requestId?: string;
-  creatorRole?: Role;
-}
-
-function newKey(organizationId: string, options: NewKeyOptions = {}): NewKey {
-  const key = keyRecord(organizationId, options.key);
-  return {
-    key,
-    hash: secretHash(),
-    creatorRole: options.creatorRole ?? Role.MEMBER,
-    requestId: options.requestId ?? "",
-    audit: auditRecord(organizationId, "key.create", { keyId: key.id, time: key.createTime }),
-  };
 }
 
 function listQuery(organizationId: string, fields: Partial<ListKeysQuery> = {}): ListKeysQuery {

@@ -3,6 +3,7 @@
 import { randomBytes } from "node:crypto";
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { AuditRecord, KeyRecord } from "../../src/keys/records.js";
+import type { NewKey } from "../../src/store/store.js";
 
 /** Has milliseconds, so a store that drops them fails. */
 export const T0 = Date.UTC(2030, 0, 15, 12, 0, 0, 123);
@@ -48,5 +49,23 @@ export function auditRecord(organizationId: string, action: string, fields: Part
     keyId: "",
     details: {},
     ...fields,
+  };
+}
+
+export interface NewKeyOptions {
+  key?: Partial<KeyRecord>;
+  requestId?: string;
+  creatorRole?: Role;
+}
+
+/** What CreateKey hands the store: a key of the organization, a random secret hash, the creator's role, its audit event. */
+export function newKey(organizationId: string, options: NewKeyOptions = {}): NewKey {
+  const key = keyRecord({ organizationId, ...options.key });
+  return {
+    key,
+    hash: randomBytes(32),
+    creatorRole: options.creatorRole ?? Role.MEMBER,
+    requestId: options.requestId ?? "",
+    audit: auditRecord(organizationId, "key.create", { keyId: key.id, time: key.createTime }),
   };
 }

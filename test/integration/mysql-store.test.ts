@@ -10,10 +10,10 @@ import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { ApiError, Status } from "../../src/keys/errors.js";
 import { migrationsDirectory } from "../../src/store/migrate.js";
 import { FIND_BY_HASH_SQL, MySqlStore } from "../../src/store/mysql-store.js";
-import type { CreatedKey, NewKey } from "../../src/store/store.js";
+import type { CreatedKey } from "../../src/store/store.js";
 import { describeStoreContract } from "../contract/store-contract.js";
 import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
-import { auditRecord, keyRecord } from "../helpers/records.js";
+import { keyRecord, newKey, uid } from "../helpers/records.js";
 
 describeStoreContract("mysql", async () => {
   const db = await freshDatabase();
@@ -121,24 +121,21 @@ describe("MySqlStore", () => {
     await store.migrate();
     const locker = await mysql.createConnection(db.url);
     const org = "org_stuck";
-    const newKey = (createdBy: string): NewKey => {
-      const key = keyRecord({ organizationId: org, createdBy });
-      return { key, hash: randomBytes(32), creatorRole: Role.MEMBER, requestId: "", audit: auditRecord(org, "key.create", { keyId: key.id }) };
-    };
+    const keyOf = (createdBy: string) => newKey(org, { key: { createdBy } });
     try {
-      await store.createKey(newKey("u_stuck"));
+      await store.createKey(keyOf("u_stuck"));
       // Another session holds the creator's member row: every create of that creator waits for it.
       await locker.query("START TRANSACTION");
       await locker.query("SELECT role FROM members WHERE organization_id = ? AND user_id = ? FOR UPDATE", [org, "u_stuck"]);
       // Batches of creates of that creator, one after another, each waiting for the lock...
       const waiting: Promise<CreatedKey>[] = [];
       for (let i = 0; i < 3; i++) {
-        waiting.push(store.createKey(newKey("u_stuck")));
+        waiting.push(store.createKey(keyOf("u_stuck")));
         await sleep(100);
       }
       const stuck = Promise.allSettled(waiting);
       // ...do not hold up a create of someone else: it is written meanwhile, not after they give up.
-      const first = await Promise.race([store.createKey(newKey("u_free")).then((r) => r.created), stuck.then(() => "the stuck ones")]);
+      const first = await Promise.race([store.createKey(keyOf("u_free")).then((r) => r.created), stuck.then(() => "the stuck ones")]);
       expect(first).toBe(true);
       await locker.query("COMMIT");
       expect((await stuck).map((r) => r.status === "fulfilled" && r.value.created)).toEqual([true, true, true]);
@@ -153,17 +150,14 @@ describe("MySqlStore", () => {
     await store.migrate();
     const changer = await mysql.createConnection(db.url);
     const org = "org_role_race";
-    const newKey = (creatorRole: Role): NewKey => {
-      const key = keyRecord({ organizationId: org, createdBy: "u_race" });
-      return { key, hash: randomBytes(32), creatorRole, requestId: "", audit: auditRecord(org, "key.create", { keyId: key.id }) };
-    };
+    const keyAs = (creatorRole: Role) => newKey(org, { key: { createdBy: "u_race" }, creatorRole });
     try {
-      expect((await store.createKey(newKey(Role.MEMBER))).memberChanged).toBe(true);
+      expect((await store.createKey(keyAs(Role.MEMBER))).memberChanged).toBe(true);
       // Another session (another instance's create, say) makes the creator an admin and has not committed yet...
       await changer.query("START TRANSACTION");
       await changer.query("UPDATE members SET role = ? WHERE organization_id = ? AND user_id = ?", [Role.ADMIN, org, "u_race"]);
       // ...when a create with the role the row held before starts.
-      const create = store.createKey(newKey(Role.MEMBER));
+      const create = store.createKey(keyAs(Role.MEMBER));
       await sleep(200);
       await changer.query("COMMIT");
       // It puts the role back: instances that cached the creator's keys as an admin in between must hear of it.
@@ -184,11 +178,9 @@ describe("MySqlStore", () => {
       await stores[0].migrate();
       const org = "org_new_creators";
       const creates = stores.flatMap((store) =>
-        Array.from({ length: 300 }, (_, i) => {
-          const key = keyRecord({ organizationId: org, createdBy: `u_${randomBytes(4).toString("hex")}` });
-          const creatorRole = i % 2 === 0 ? Role.MEMBER : Role.ADMIN;
-          return store.createKey({ key, hash: randomBytes(32), creatorRole, requestId: "", audit: auditRecord(org, "key.create", { keyId: key.id }) });
-        }),
+        Array.from({ length: 300 }, (_, i) =>
+          store.createKey(newKey(org, { key: { createdBy: uid("u") }, creatorRole: i % 2 === 0 ? Role.MEMBER : Role.ADMIN })),
+        ),
       );
       const results = await Promise.allSettled(creates);
       expect(results.filter((r) => r.status === "rejected")).toEqual([]);
