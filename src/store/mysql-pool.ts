@@ -218,6 +218,11 @@ export function createPool(url: string, connectionLimit: number): Pool {
   });
 }
 
+/** Why a call that waited QUERY_TIMEOUT_MS for a connection gives up (databaseUnavailable says yes to it). */
+export function noConnectionInTime(): Error {
+  return Object.assign(new Error("no database connection became free in time"), { code: "ETIMEDOUT" });
+}
+
 export class TimedPool {
   /** Transactions InnoDB rolled back as a deadlock's victim (each ran again, up to TRANSACTION_ATTEMPTS). */
   deadlocks = 0;
@@ -233,7 +238,7 @@ export class TimedPool {
     const pending = this.pool.getConnection();
     const conn = await withinDeadline(
       pending,
-      () => Object.assign(new Error("no database connection became free in time"), { code: "ETIMEDOUT" }),
+      noConnectionInTime,
       // A connection that turns up after the wait was given up goes straight back.
       () =>
         pending.then(

@@ -25,6 +25,7 @@ import {
   databaseUnavailable,
   errorCode,
   guard,
+  noConnectionInTime,
 } from "./mysql-pool.js";
 import {
   type ChangedKeys,
@@ -217,8 +218,7 @@ export class MySqlStore implements Store {
     while (this.creates.length > 0) {
       const waited = now - this.creates[0].queuedAt;
       if (waited >= QUERY_TIMEOUT_MS) {
-        const timedOut = Object.assign(new Error("no database connection became free in time"), { code: "ETIMEDOUT" });
-        this.creates.shift()!.reject(unavailable("database", timedOut));
+        this.creates.shift()!.reject(unavailable("database", noConnectionInTime()));
         continue;
       }
       if (this.createLanesBusy >= (waited >= CREATE_SPILL_MS ? CREATE_LANES_MAX : CREATE_LANES)) break;
