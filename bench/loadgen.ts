@@ -4,10 +4,13 @@
 // over bare node:http2 with the frames built in advance keeps it cheap: it
 // drives the no-op baseline several times faster than the scenarios it is used
 // for ("load generator headroom" in the table), though not faster than h2load.
+// Given "@<job file>", it makes calls one at a time instead (rounds mode, see
+// runRounds in load.ts), for latencies that should be the servers' and not a
+// heavy client's.
 import { readFileSync } from "node:fs";
 import * as http2 from "node:http2";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
-import type { LoadResult, NodeLoadJob } from "./load.js";
+import type { LoadResult, NodeLoadJob, RoundsJob, RoundsResult } from "./load.js";
 import { Samples } from "./stats.js";
 
 /** Splits concatenated gRPC frames. */
@@ -147,7 +150,66 @@ async function run(job: NodeLoadJob): Promise<LoadResult> {
   };
 }
 
-run(JSON.parse(process.argv[2]) as NodeLoadJob).then(
+/** A call's outcome: null when it answered as expected, else why not. */
+function oneCall(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, frame: Buffer, expectCode?: number): Promise<string | null> {
+  return new Promise((resolve) => {
+    const stream = session.request(headers, { endStream: false });
+    let status: string | undefined;
+    const chunks: Buffer[] = [];
+    stream.on("response", (h) => (status = h["grpc-status"] as string | undefined));
+    stream.on("trailers", (t) => (status = t["grpc-status"] as string | undefined));
+    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+    stream.on("error", () => {});
+    stream.on("close", () => {
+      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) return resolve(`stream reset ${stream.rstCode}`);
+      if (status !== "0") return resolve(`grpc-status ${status}`);
+      if (expectCode === undefined) return resolve(null);
+      const body = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+      const code = verifyCodeOf(body.subarray(5));
+      resolve(code === expectCode ? null : `code ${code}`);
+    });
+    stream.end(frame);
+  });
+}
+
+/** Rounds one at a time (see runRounds in load.ts): each round's first call timed, its checks made together after it. */
+async function rounds(job: RoundsJob): Promise<RoundsResult> {
+  const frames = splitFrames(readFileSync(job.framesFile));
+  const sessions = job.targets.map((t) => http2.connect(`http://${t}`));
+  await Promise.all(sessions.map((s) => new Promise((resolve, reject) => s.once("connect", resolve).once("error", reject))));
+  const byPath = new Map<string, http2.OutgoingHttpHeaders>();
+  const headers = (path: string) => {
+    let h = byPath.get(path);
+    if (h === undefined) {
+      h = { ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers", authorization: `Bearer ${job.token}` };
+      byPath.set(path, h);
+    }
+    return h;
+  };
+  const latencies: number[] = [];
+  const failures: Record<string, number> = {};
+  let passed = 0;
+  let started = performance.now();
+  for (let r = 0; r < job.calls.length; r++) {
+    if (r === job.warmup) started = performance.now();
+    const [call, ...checks] = job.calls[r];
+    const t = performance.now();
+    const failure = await oneCall(sessions[call.target], headers(call.path), frames[call.frame], call.expectCode);
+    if (r >= job.warmup) latencies.push(performance.now() - t);
+    if (failure !== null) {
+      failures[failure] = (failures[failure] ?? 0) + 1;
+      continue;
+    }
+    const outcomes = await Promise.all(checks.map((c) => oneCall(sessions[c.target], headers(c.path), frames[c.frame], c.expectCode)));
+    if (r >= job.warmup && outcomes.every((o) => o === null)) passed++;
+  }
+  const seconds = (performance.now() - started) / 1000;
+  for (const s of sessions) s.close();
+  return { latencies, seconds, failures, passed };
+}
+
+const argument = process.argv[2];
+(argument.startsWith("@") ? rounds(JSON.parse(readFileSync(argument.slice(1), "utf8")) as RoundsJob) : run(JSON.parse(argument) as NodeLoadJob)).then(
   (result) => process.stdout.write(`${JSON.stringify(result)}\n`),
   (err) => {
     process.stderr.write(`load generator: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);

@@ -55,6 +55,9 @@ describe("bench smoke run", () => {
     // In-memory rows say how their ratio was measured: each pair's ratio, and CPU per call of both servers.
     const cached = results.rows.find((r) => r.scenario === "1. cached VerifyKey (valid key)");
     expect(cached?.notes).toMatch(/pairs of runs: \d+\.\d\d×, \d+\.\d\d×; CPU per call: the service \d+\.\d µs, the baseline \d+\.\d µs/);
+    // Every revocation was seen by all three instances, measured after its warm-up.
+    const revoked = results.rows.find((r) => r.scenario === "6. RevokeKey → rejected on all 3 instances");
+    expect(revoked?.notes).toMatch(/after (\d+) revocations to warm up; \1\/\1 REVOKED on every instance right after/);
     expect(stdout).toMatch(/\| scenario +\| req\/s +\| × baseline +\| p50 ms +\| p99 ms +\| target +\| result +\| notes +\|/);
   });
 });
