@@ -161,8 +161,15 @@ export interface RoundsJob {
 export async function runRounds(spec: RoundsSpec): Promise<RoundsResult> {
   const dir = await mkdtemp(join(tmpdir(), "apikeys-bench-"));
   try {
+    // Each distinct frame once: warm-up rounds repeat the measured ones.
     const frames: Buffer[] = [];
-    const index = (c: RoundCall) => ({ target: c.target, path: c.path, frame: frames.push(c.frame) - 1, expectCode: c.expectCode });
+    const at = new Map<Buffer, number>();
+    const frameIndex = (frame: Buffer) => {
+      let i = at.get(frame);
+      if (i === undefined) at.set(frame, (i = frames.push(frame) - 1));
+      return i;
+    };
+    const index = (c: RoundCall) => ({ target: c.target, path: c.path, frame: frameIndex(c.frame), expectCode: c.expectCode });
     const warmup = spec.warmup ?? [];
     const calls = [...warmup, ...spec.rounds].map((r) => [index(r.call), ...r.then.map(index)]);
     const job: RoundsJob = { rounds: true, targets: spec.targets, token: spec.token, framesFile: join(dir, "frames.bin"), calls, warmup: warmup.length };
