@@ -34,6 +34,8 @@ export interface ServerChild {
   rss(): Promise<number>;
   /** CPU time used and verifications answered so far, read without collecting garbage. */
   usage(): Promise<Usage>;
+  /** Keys evicted by invalidations since the last call: key id → process.hrtime.bigint() (ns, as text). */
+  evictions(): Promise<Record<string, string>>;
   /** Graceful stop: in-flight calls drain, last-used times flush, a CPU profile is written. */
   stop(): Promise<void>;
 }
@@ -84,6 +86,12 @@ export async function startServer(mode: "service" | "baseline", options: ServerO
       return new Promise((resolve) => {
         replies.push((m) => resolve(m as unknown as Usage));
         child.stdin!.write("usage\n");
+      });
+    },
+    evictions() {
+      return new Promise((resolve) => {
+        replies.push((m) => resolve(m.evictions as Record<string, string>));
+        child.stdin!.write("evictions\n");
       });
     },
     async stop() {

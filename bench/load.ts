@@ -131,6 +131,8 @@ export interface RoundsSpec {
 export interface RoundsResult {
   /** Of each round's timed call, in ms, in order. */
   latencies: number[];
+  /** When each measured round's call was sent: process.hrtime.bigint() (ns, as text), a clock every process shares. */
+  sent: string[];
   seconds: number;
   /** Rounds (warm-up ones too) whose timed call failed, by reason (the run goes on). */
   failures: Record<string, number>;

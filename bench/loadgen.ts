@@ -187,12 +187,14 @@ async function rounds(job: RoundsJob): Promise<RoundsResult> {
     return h;
   };
   const latencies: number[] = [];
+  const sent: string[] = [];
   const failures: Record<string, number> = {};
   let passed = 0;
   let started = performance.now();
   for (let r = 0; r < job.calls.length; r++) {
     if (r === job.warmup) started = performance.now();
     const [call, ...checks] = job.calls[r];
+    if (r >= job.warmup) sent.push(String(process.hrtime.bigint()));
     const t = performance.now();
     const failure = await oneCall(sessions[call.target], headers(call.path), frames[call.frame], call.expectCode);
     if (r >= job.warmup) latencies.push(performance.now() - t);
@@ -205,7 +207,7 @@ async function rounds(job: RoundsJob): Promise<RoundsResult> {
   }
   const seconds = (performance.now() - started) / 1000;
   for (const s of sessions) s.close();
-  return { latencies, seconds, failures, passed };
+  return { latencies, sent, seconds, failures, passed };
 }
 
 const argument = process.argv[2];

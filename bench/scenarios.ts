@@ -688,11 +688,22 @@ export async function revoke(b: Bench): Promise<void> {
     const floor = await runRounds({ targets, token: TOKEN, warmup: clientWarmup, rounds: cachedPass });
     failedRounds(floor, "VerifyKey");
     const oneCall = samplesOf(floor.latencies);
-    // Drained: from here on, each instance's store latencies are those of its revocations.
-    await Promise.all(instances.map((i) => i.stats()));
+    // Drained: from here on, each instance's store latencies and evictions are those of these revocations.
+    await Promise.all(instances.map((i) => Promise.all([i.stats(), i.evictions()])));
     const revokes = await runRounds({ targets, token: TOKEN, warmup: clientWarmup, rounds: revoking(keys) });
     failedRounds(revokes, "RevokeKey");
     const latencies = samplesOf(revokes.latencies);
+    // How long each revocation took to reach the other two instances: from sending RevokeKey to the later of
+    // their evictions (the moment each stops answering from its cache), on the clock all processes share.
+    const evictions = await Promise.all(instances.map((i) => i.evictions()));
+    const propagation = new Samples();
+    let notEvicted = 0;
+    keys.forEach((k, i) => {
+      const others = evictions.filter((_, t) => t !== i % 3).map((e) => e[k.id]);
+      if (others.some((at) => at === undefined)) return void notEvicted++;
+      const last = others.map((at) => BigInt(at)).reduce((a, b) => (a > b ? a : b));
+      propagation.add(Number(last - BigInt(revokes.sent[i])) / 1e6);
+    });
     const rejectedEverywhere = revokes.passed;
     const seconds = revokes.seconds;
     const oneCallSeconds = floor.seconds;
@@ -725,6 +736,17 @@ export async function revoke(b: Bench): Promise<void> {
         `${rejectedEverywhere}/${keys.length} REVOKED on every instance right after; ` +
         `of which, p50/p99 by instance, the MySQL transaction ${store} ms and the broadcast to the last ack ${broadcast} ms ` +
         "(the rest: the gRPC call itself)",
+    });
+    b.row({
+      scenario: "6. RevokeKey sent → evicted on the other 2",
+      p50Ms: propagation.percentile(50),
+      p99Ms: propagation.percentile(99),
+      target: "—",
+      verdict: notEvicted === 0 ? "info" : "FAIL",
+      notes:
+        `the same revocations: from sending RevokeKey to the later of the other two instances evicting the key (from then on it ` +
+        `answers REVOKED); RevokeKey returns after their acknowledgements reach the revoking instance` +
+        (notEvicted === 0 ? "" : `; ${notEvicted} keys not evicted on every other instance`),
     });
     b.row({
       scenario: "6. cached VerifyKey, one at a time",

@@ -52,6 +52,8 @@ interface Running {
   grpcPort: number;
   httpPort: number;
   stats(): ServerStats;
+  /** Keys evicted by invalidations since the last call, each with when (process.hrtime, ns, as text). */
+  evictions(): Record<string, string>;
   /** Verifications answered so far, read without the GC stats() does. */
   calls(): number;
   stop(): Promise<void>;
@@ -143,10 +145,28 @@ async function startService(): Promise<Running> {
     const invalidate = broadcast.invalidate.bind(broadcast);
     broadcast.invalidate = (event) => timed(performance.now(), invalidate(event), broadcastSamples);
   }
+  // When each key was evicted (the moment this instance stops answering from its cached state), on a clock
+  // every process shares (CLOCK_MONOTONIC): how long a revocation takes to reach the other instances.
+  let evicted = new Map<string, bigint>();
+  const cache = app.cache;
+  if (cache) {
+    const apply = cache.apply.bind(cache);
+    cache.apply = (event) => {
+      apply(event);
+      if (event.kind !== "keys") return;
+      const at = process.hrtime.bigint();
+      for (const id of event.keyIds) if (!evicted.has(id)) evicted.set(id, at);
+    };
+  }
   const { grpcPort, httpPort } = await app.start();
   return {
     grpcPort,
     httpPort,
+    evictions: () => {
+      const out = Object.fromEntries([...evicted].map(([id, at]) => [id, String(at)]));
+      evicted = new Map();
+      return out;
+    },
     stats: () => {
       const broadcastLatency = broadcastSamples.size > 0 ? percentiles(broadcastSamples) : undefined;
       broadcastSamples = new Samples();
@@ -195,6 +215,7 @@ async function startBaseline(): Promise<Running> {
     httpPort: 0,
     stats: () => ({ ...memory(), verified, cacheSize: 0, cpuMicros: cpuMicros(), storeCalls: {}, storeLatency: {} }),
     calls: () => verified.reduce((sum, n) => sum + n, 0),
+    evictions: () => ({}),
     stop: () => new Promise((resolve) => server.tryShutdown(() => resolve())),
   };
 }
@@ -218,6 +239,7 @@ async function main(): Promise<void> {
     if (line === "stats") say(running.stats());
     else if (line === "rss") say({ rss: process.memoryUsage.rss() });
     else if (line === "usage") say(usage(running));
+    else if (line === "evictions") say({ evictions: running.evictions() });
     else if (line === "stop") stop();
   });
   lines.on("close", stop);
@@ -241,7 +263,7 @@ function supervise(count: number, say: (message: object) => void): void {
       if (code !== 0) process.exit(1);
     });
   });
-  const ask = <T>(type: "stats" | "usage") =>
+  const ask = <T>(type: "stats" | "usage" | "evictions") =>
     Promise.all(
       workers.map(
         (worker, i) =>
@@ -265,7 +287,7 @@ function supervise(count: number, say: (message: object) => void): void {
     else if (line === "rss") allStats().then((all) => say({ rss: all.reduce((sum, st) => sum + st.rss, 0) }));
     else if (line === "usage") {
       ask<Usage>("usage").then((all) => say({ cpuMicros: sum(all, (u) => u.cpuMicros), calls: sum(all, (u) => u.calls) } satisfies Usage));
-    }
+    } else if (line === "evictions") ask<Record<string, string>>("evictions").then((all) => say({ evictions: Object.assign({}, ...all) }));
     else if (line === "stop") stop();
   });
   lines.on("close", stop);
@@ -276,6 +298,7 @@ function serveSupervisor(running: Running): void {
   process.on("message", (message: { type: string }) => {
     if (message.type === "stats") process.send!({ type: "answer", answer: running.stats() });
     else if (message.type === "usage") process.send!({ type: "answer", answer: usage(running) });
+    else if (message.type === "evictions") process.send!({ type: "answer", answer: running.evictions() });
     else if (message.type === "stop") running.stop().then(() => process.exit(0));
   });
 }

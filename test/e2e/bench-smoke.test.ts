@@ -58,6 +58,10 @@ describe("bench smoke run", () => {
     // Every revocation was seen by all three instances, measured after its warm-up.
     const revoked = results.rows.find((r) => r.scenario === "6. RevokeKey → rejected on all 3 instances");
     expect(revoked?.notes).toMatch(/after (\d+) revocations to warm up; \1\/\1 REVOKED on every instance right after/);
+    // …and reached the other two before RevokeKey returned.
+    const reached = results.rows.find((r) => r.scenario === "6. RevokeKey sent → evicted on the other 2");
+    expect(reached?.verdict, reached?.notes).toBe("info");
+    expect(reached!.p50Ms!).toBeLessThan(revoked!.p50Ms!);
     expect(stdout).toMatch(/\| scenario +\| req\/s +\| × baseline +\| p50 ms +\| p99 ms +\| target +\| result +\| notes +\|/);
   });
 });
