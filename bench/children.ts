@@ -68,32 +68,18 @@ export async function startServer(mode: "service" | "baseline", options: ServerO
     else replies.shift()?.(message);
   });
   const hello = await ready;
+  /** Sends a command line; resolves with what `pick` takes from its reply (replies come in order). */
+  const ask = <T>(command: string, pick: (reply: Record<string, unknown>) => T) =>
+    new Promise<T>((resolve) => {
+      replies.push((m) => resolve(pick(m)));
+      child.stdin!.write(`${command}\n`);
+    });
   return {
     target: `127.0.0.1:${hello.grpcPort as number}`,
-    stats() {
-      return new Promise((resolve) => {
-        replies.push((m) => resolve(m as unknown as ServerStats));
-        child.stdin!.write("stats\n");
-      });
-    },
-    rss() {
-      return new Promise((resolve) => {
-        replies.push((m) => resolve(m.rss as number));
-        child.stdin!.write("rss\n");
-      });
-    },
-    usage() {
-      return new Promise((resolve) => {
-        replies.push((m) => resolve(m as unknown as Usage));
-        child.stdin!.write("usage\n");
-      });
-    },
-    evictions() {
-      return new Promise((resolve) => {
-        replies.push((m) => resolve(m.evictions as Record<string, string>));
-        child.stdin!.write("evictions\n");
-      });
-    },
+    stats: () => ask("stats", (m) => m as unknown as ServerStats),
+    rss: () => ask("rss", (m) => m.rss as number),
+    usage: () => ask("usage", (m) => m as unknown as Usage),
+    evictions: () => ask("evictions", (m) => m.evictions as Record<string, string>),
     async stop() {
       if (child.exitCode !== null) return;
       child.stdin!.end("stop\n");

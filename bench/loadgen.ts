@@ -72,30 +72,17 @@ async function run(job: NodeLoadJob): Promise<LoadResult> {
     inFlight++;
     const counted = measuring;
     const start = performance.now();
-    const stream = session.request(headers, { endStream: false });
-    let status: string | undefined;
-    const chunks: Buffer[] = [];
-    stream.on("response", (h) => (status = h["grpc-status"] as string | undefined)); // trailers-only answer
-    stream.on("trailers", (t) => (status = t["grpc-status"] as string | undefined));
-    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-    stream.on("error", () => {}); // reported through close's rstCode below
-    stream.on("close", () => {
+    request(session, headers, frame, (stream, status, body) => {
       inFlight--;
       if (counted) {
         requests++;
         latencies.add(performance.now() - start);
-        const body = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
         bytes += Math.max(0, body.length - 5);
-        if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) fail(`stream reset ${stream.rstCode}`);
-        else if (status !== "0") fail(`grpc-status ${status}`);
-        else if (job.expectCode !== undefined) {
-          const code = verifyCodeOf(body.subarray(5));
-          if (code !== job.expectCode) fail(`code ${code}`);
-        }
+        const failure = outcome(stream, status, body, job.expectCode);
+        if (failure !== null) fail(failure);
       }
       next();
     });
-    stream.end(frame);
   };
 
   // Closed loop: each answer makes room for the next request. With a rate,
@@ -150,26 +137,36 @@ async function run(job: NodeLoadJob): Promise<LoadResult> {
   };
 }
 
-/** A call's outcome: null when it answered as expected, else why not. */
+/** Sends one gRPC request; `closed` gets the stream, its grpc-status and the answer's bytes once it is over. */
+function request(
+  session: http2.ClientHttp2Session,
+  headers: http2.OutgoingHttpHeaders,
+  frame: Buffer,
+  closed: (stream: http2.ClientHttp2Stream, status: string | undefined, body: Buffer) => void,
+): void {
+  const stream = session.request(headers, { endStream: false });
+  let status: string | undefined;
+  const chunks: Buffer[] = [];
+  stream.on("response", (h) => (status = h["grpc-status"] as string | undefined)); // trailers-only answer
+  stream.on("trailers", (t) => (status = t["grpc-status"] as string | undefined));
+  stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+  stream.on("error", () => {}); // reported through the rstCode outcome() reads
+  stream.on("close", () => closed(stream, status, chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)));
+  stream.end(frame);
+}
+
+/** A finished call's outcome: null when it answered as expected, else why not. */
+function outcome(stream: http2.ClientHttp2Stream, status: string | undefined, body: Buffer, expectCode?: number): string | null {
+  if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) return `stream reset ${stream.rstCode}`;
+  if (status !== "0") return `grpc-status ${status}`;
+  if (expectCode === undefined) return null;
+  const code = verifyCodeOf(body.subarray(5));
+  return code === expectCode ? null : `code ${code}`;
+}
+
+/** One call, its outcome once it is over. */
 function oneCall(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, frame: Buffer, expectCode?: number): Promise<string | null> {
-  return new Promise((resolve) => {
-    const stream = session.request(headers, { endStream: false });
-    let status: string | undefined;
-    const chunks: Buffer[] = [];
-    stream.on("response", (h) => (status = h["grpc-status"] as string | undefined));
-    stream.on("trailers", (t) => (status = t["grpc-status"] as string | undefined));
-    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-    stream.on("error", () => {});
-    stream.on("close", () => {
-      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) return resolve(`stream reset ${stream.rstCode}`);
-      if (status !== "0") return resolve(`grpc-status ${status}`);
-      if (expectCode === undefined) return resolve(null);
-      const body = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
-      const code = verifyCodeOf(body.subarray(5));
-      resolve(code === expectCode ? null : `code ${code}`);
-    });
-    stream.end(frame);
-  });
+  return new Promise((resolve) => request(session, headers, frame, (stream, status, body) => resolve(outcome(stream, status, body, expectCode))));
 }
 
 /** Rounds one at a time (see runRounds in load.ts): each round's first call timed, its checks made together after it. */
