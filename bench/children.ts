@@ -4,6 +4,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import type { Pause } from "./pauses.js";
 import type { ServerStats, Usage } from "./server.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -36,6 +37,8 @@ export interface ServerChild {
   usage(): Promise<Usage>;
   /** Keys evicted by invalidations since the last call: key id → process.hrtime.bigint() (ns, as text). */
   evictions(): Promise<Record<string, string>>;
+  /** Its GC pauses since the last call (service mode). */
+  gcPauses(): Promise<Pause[]>;
   /** Graceful stop: in-flight calls drain, last-used times flush, a CPU profile is written. */
   stop(): Promise<void>;
 }
@@ -80,6 +83,7 @@ export async function startServer(mode: "service" | "baseline", options: ServerO
     rss: () => ask("rss", (m) => m.rss as number),
     usage: () => ask("usage", (m) => m as unknown as Usage),
     evictions: () => ask("evictions", (m) => m.evictions as Record<string, string>),
+    gcPauses: () => ask("pauses", (m) => m.pauses as Pause[]),
     async stop() {
       if (child.exitCode !== null) return;
       child.stdin!.end("stop\n");

@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runH2load } from "./h2load.js";
 import { nodeArgs } from "./children.js";
+import type { Pause } from "./pauses.js";
 
 export type Tool = "h2load" | "node";
 
@@ -138,6 +139,13 @@ export interface RoundsResult {
   failures: Record<string, number>;
   /** Measured rounds whose call and every check answered as expected. */
   passed: number;
+  /** The load generator's own GC pauses during the measured rounds. */
+  pauses: Pause[];
+  /**
+   * The share of the measured rounds' time during which some task on the machine was ready to run but
+   * waiting for a CPU (Linux's CPU pressure); null where the kernel does not report it.
+   */
+  cpuWaitShare: number | null;
 }
 
 /** What bench/loadgen.ts reads in rounds mode: the rounds with each frame as an index into the frames file. */

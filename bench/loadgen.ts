@@ -11,6 +11,7 @@ import { readFileSync } from "node:fs";
 import * as http2 from "node:http2";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
 import type { LoadResult, NodeLoadJob, RoundsJob, RoundsResult } from "./load.js";
+import { recordGcPauses } from "./pauses.js";
 import { Samples } from "./stats.js";
 
 /** Splits concatenated gRPC frames. */
@@ -188,8 +189,14 @@ async function rounds(job: RoundsJob): Promise<RoundsResult> {
   const failures: Record<string, number> = {};
   let passed = 0;
   let started = performance.now();
+  const gcPauses = recordGcPauses();
+  let cpuWaitFrom = cpuWaitMicros();
   for (let r = 0; r < job.calls.length; r++) {
-    if (r === job.warmup) started = performance.now();
+    if (r === job.warmup) {
+      started = performance.now();
+      gcPauses();
+      cpuWaitFrom = cpuWaitMicros();
+    }
     const [call, ...checks] = job.calls[r];
     if (r >= job.warmup) sent.push(String(process.hrtime.bigint()));
     const t = performance.now();
@@ -203,8 +210,23 @@ async function rounds(job: RoundsJob): Promise<RoundsResult> {
     if (r >= job.warmup && outcomes.every((o) => o === null)) passed++;
   }
   const seconds = (performance.now() - started) / 1000;
+  const cpuWaitTo = cpuWaitMicros();
   for (const s of sessions) s.close();
-  return { latencies, sent, seconds, failures, passed };
+  const cpuWaitShare = cpuWaitFrom === null || cpuWaitTo === null ? null : (cpuWaitTo - cpuWaitFrom) / 1e6 / seconds;
+  return { latencies, sent, seconds, failures, passed, pauses: gcPauses(), cpuWaitShare };
+}
+
+/**
+ * Linux's CPU pressure (PSI, /proc/pressure/cpu): for how long, in all, at least one task on the machine was
+ * ready to run but waiting for a CPU (µs since boot); null where the kernel does not say.
+ */
+function cpuWaitMicros(): number | null {
+  try {
+    const some = /^some .*total=(\d+)/m.exec(readFileSync("/proc/pressure/cpu", "utf8"));
+    return some ? Number(some[1]) : null;
+  } catch {
+    return null;
+  }
 }
 
 const argument = process.argv[2];

@@ -26,6 +26,7 @@ import { type ServerChild, startServer } from "./children.js";
 import type { Usage } from "./server.js";
 import { DATASET_SCOPES, ensureBufferPool, openDataset, sizeLabel } from "./dataset.js";
 import { type LoadResult, type LoadSpec, type RoundsResult, type Tool, grpcFrame, runLoad, runRounds } from "./load.js";
+import { slowestDuringPauses } from "./pauses.js";
 import { topSelfTime } from "./profile.js";
 import { type RawResult, rawInserts, rawRevokes } from "./raw-insert.js";
 import type { Row } from "./report.js";
@@ -684,15 +685,25 @@ export async function revoke(b: Bench): Promise<void> {
       }));
     const warm = await runRounds({ targets, token: TOKEN, rounds: revoking(warmKeys) });
     failedRounds(warm, "RevokeKey (warming up)");
+    // Were the slowest calls of a run slowed by garbage collection? Its pauses in the client and the instances.
+    const gcPauses = async () => (await Promise.all(instances.map((i) => i.gcPauses()))).flat();
+    const slowestInGc = async (run: RoundsResult) => {
+      const { slowest, duringGc } = slowestDuringPauses(run.sent, run.latencies, [...run.pauses, ...(await gcPauses())]);
+      const waited = run.cpuWaitShare === null ? "" : `; some task was waiting for a CPU ${(run.cpuWaitShare * 100).toFixed(0)}% of the time`;
+      return `of the ${slowest} slowest, ${duringGc} overlapped a GC pause in the client or an instance${waited}`;
+    };
+    await gcPauses();
     // The floor of any call made one at a time through this client and stack on this machine: a cached VerifyKey.
     const floor = await runRounds({ targets, token: TOKEN, warmup: clientWarmup, rounds: cachedPass });
     failedRounds(floor, "VerifyKey");
     const oneCall = samplesOf(floor.latencies);
-    // Drained: from here on, each instance's store latencies and evictions are those of these revocations.
-    await Promise.all(instances.map((i) => Promise.all([i.stats(), i.evictions()])));
+    const floorInGc = await slowestInGc(floor);
+    // Drained: from here on, each instance's store latencies, evictions and GC pauses are those of these revocations.
+    await Promise.all(instances.map((i) => Promise.all([i.stats(), i.evictions(), i.gcPauses()])));
     const revokes = await runRounds({ targets, token: TOKEN, warmup: clientWarmup, rounds: revoking(keys) });
     failedRounds(revokes, "RevokeKey");
     const latencies = samplesOf(revokes.latencies);
+    const revokesInGc = await slowestInGc(revokes);
     // How long each revocation took to reach the other two instances: from sending RevokeKey to the later of
     // their evictions (the moment each stops answering from its cache), on the clock all processes share.
     const evictions = await Promise.all(instances.map((i) => i.evictions()));
@@ -732,7 +743,7 @@ export async function revoke(b: Bench): Promise<void> {
         `RevokeKey latency, one at a time from a lean client, after ${warmKeys.length} revocations to warm up; ` +
         `${revokes.passed}/${keys.length} REVOKED on every instance right after; ` +
         `of which, p50/p99 by instance, the MySQL transaction ${store} ms and the broadcast to the last ack ${broadcast} ms ` +
-        "(the rest: the gRPC call itself)",
+        `(the rest: the gRPC call itself); ${revokesInGc}`,
     });
     b.row({
       scenario: "6. RevokeKey sent → evicted on the other 2",
@@ -752,7 +763,9 @@ export async function revoke(b: Bench): Promise<void> {
       p99Ms: oneCall.percentile(99),
       target: "—",
       verdict: "info",
-      notes: `the gRPC call's floor: the same client and instances, no database, no broadcast; ${oneCall.size} calls (after ${clientWarmup.length} to warm up)`,
+      notes:
+        `the gRPC call's floor: the same client and instances, no database, no broadcast; ${oneCall.size} calls (after ` +
+        `${clientWarmup.length} to warm up); ${floorInGc}`,
     });
     b.row({
       scenario: "6. raw mysql2 revoke transaction",

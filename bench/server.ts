@@ -20,6 +20,7 @@ import type { Store } from "../src/store/store.js";
 import { CallerAuth } from "../src/transport/auth.js";
 import type { ServiceBinding } from "../src/transport/bindings.js";
 import { addBinding, createGrpcServer, listenGrpc } from "../src/transport/grpc-server.js";
+import { type Pause, recordGcPauses } from "./pauses.js";
 import { Samples } from "./stats.js";
 
 /** What the parent reads through the "stats" command (see bench/children.ts). */
@@ -54,6 +55,8 @@ interface Running {
   stats(): ServerStats;
   /** Keys evicted by invalidations since the last call, each with when (process.hrtime, ns, as text). */
   evictions(): Record<string, string>;
+  /** GC pauses since the last call (service mode; the baseline's are not asked for). */
+  pauses(): Pause[];
   /** Verifications answered so far, read without the GC stats() does. */
   calls(): number;
   stop(): Promise<void>;
@@ -158,10 +161,12 @@ async function startService(): Promise<Running> {
       for (const id of event.keyIds) if (!evicted.has(id)) evicted.set(id, at);
     };
   }
+  const pauses = recordGcPauses();
   const { grpcPort, httpPort } = await app.start();
   return {
     grpcPort,
     httpPort,
+    pauses,
     evictions: () => {
       const out = Object.fromEntries([...evicted].map(([id, at]) => [id, String(at)]));
       evicted = new Map();
@@ -216,6 +221,7 @@ async function startBaseline(): Promise<Running> {
     stats: () => ({ ...memory(), verified, cacheSize: 0, cpuMicros: cpuMicros(), storeCalls: {}, storeLatency: {} }),
     calls: () => verified.reduce((sum, n) => sum + n, 0),
     evictions: () => ({}),
+    pauses: () => [],
     stop: () => new Promise((resolve) => server.tryShutdown(() => resolve())),
   };
 }
@@ -240,6 +246,7 @@ async function main(): Promise<void> {
     else if (line === "rss") say({ rss: process.memoryUsage.rss() });
     else if (line === "usage") say(usage(running));
     else if (line === "evictions") say({ evictions: running.evictions() });
+    else if (line === "pauses") say({ pauses: running.pauses() });
     else if (line === "stop") stop();
   });
   lines.on("close", stop);
@@ -263,7 +270,7 @@ function supervise(count: number, say: (message: object) => void): void {
       if (code !== 0) process.exit(1);
     });
   });
-  const ask = <T>(type: "stats" | "usage" | "evictions") =>
+  const ask = <T>(type: "stats" | "usage" | "evictions" | "pauses") =>
     Promise.all(
       workers.map(
         (worker, i) =>
@@ -288,6 +295,7 @@ function supervise(count: number, say: (message: object) => void): void {
     else if (line === "usage") {
       ask<Usage>("usage").then((all) => say({ cpuMicros: sum(all, (u) => u.cpuMicros), calls: sum(all, (u) => u.calls) } satisfies Usage));
     } else if (line === "evictions") ask<Record<string, string>>("evictions").then((all) => say({ evictions: Object.assign({}, ...all) }));
+    else if (line === "pauses") ask<Pause[]>("pauses").then((all) => say({ pauses: all.flat() }));
     else if (line === "stop") stop();
   });
   lines.on("close", stop);
@@ -299,6 +307,7 @@ function serveSupervisor(running: Running): void {
     if (message.type === "stats") process.send!({ type: "answer", answer: running.stats() });
     else if (message.type === "usage") process.send!({ type: "answer", answer: usage(running) });
     else if (message.type === "evictions") process.send!({ type: "answer", answer: running.evictions() });
+    else if (message.type === "pauses") process.send!({ type: "answer", answer: running.pauses() });
     else if (message.type === "stop") running.stop().then(() => process.exit(0));
   });
 }

@@ -58,6 +58,10 @@ describe("bench smoke run", () => {
     // Every revocation was seen by all three instances, measured after its warm-up.
     const revoked = results.rows.find((r) => r.scenario === "6. RevokeKey → rejected on all 3 instances");
     expect(revoked?.notes).toMatch(/after (\d+) revocations to warm up; \1\/\1 REVOKED on every instance right after/);
+    // The slowest revocations are checked against the GC pauses of the client and the instances.
+    const inGc = /of the (\d+) slowest, (\d+) overlapped a GC pause in the client or an instance/.exec(revoked?.notes ?? "");
+    expect(inGc, revoked?.notes).not.toBeNull();
+    expect(Number(inGc![2])).toBeLessThanOrEqual(Number(inGc![1]));
     // …and reached the other two before RevokeKey returned.
     const reached = results.rows.find((r) => r.scenario === "6. RevokeKey sent → evicted on the other 2");
     expect(reached?.verdict, reached?.notes).toBe("info");
