@@ -192,22 +192,23 @@ async function rounds(job: RoundsJob): Promise<RoundsResult> {
   const gcPauses = recordGcPauses();
   let cpuWaitFrom = cpuWaitMicros();
   for (let r = 0; r < job.calls.length; r++) {
+    const measured = r >= job.warmup;
     if (r === job.warmup) {
       started = performance.now();
       gcPauses();
       cpuWaitFrom = cpuWaitMicros();
     }
     const [call, ...checks] = job.calls[r];
-    if (r >= job.warmup) sent.push(String(process.hrtime.bigint()));
+    if (measured) sent.push(String(process.hrtime.bigint()));
     const t = performance.now();
     const failure = await oneCall(sessions[call.target], headers(call.path), frames[call.frame], call.expectCode);
-    if (r >= job.warmup) latencies.push(performance.now() - t);
+    if (measured) latencies.push(performance.now() - t);
     if (failure !== null) {
       failures[failure] = (failures[failure] ?? 0) + 1;
       continue;
     }
     const outcomes = await Promise.all(checks.map((c) => oneCall(sessions[c.target], headers(c.path), frames[c.frame], c.expectCode)));
-    if (r >= job.warmup && outcomes.every((o) => o === null)) passed++;
+    if (measured && outcomes.every((o) => o === null)) passed++;
   }
   const seconds = (performance.now() - started) / 1000;
   const cpuWaitTo = cpuWaitMicros();

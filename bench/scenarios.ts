@@ -685,9 +685,9 @@ export async function revoke(b: Bench): Promise<void> {
       }));
     const warm = await runRounds({ targets, token: TOKEN, rounds: revoking(warmKeys) });
     failedRounds(warm, "RevokeKey (warming up)");
-    // Were the slowest calls of a run slowed by garbage collection? Its pauses in the client and the instances.
+    // What a run's slowest calls may have waited for: a GC pause in the client or an instance, or a CPU.
     const gcPauses = async () => (await Promise.all(instances.map((i) => i.gcPauses()))).flat();
-    const slowestInGc = async (run: RoundsResult) => {
+    const tailNotes = async (run: RoundsResult) => {
       const { slowest, duringGc } = slowestDuringPauses(run.sent, run.latencies, [...run.pauses, ...(await gcPauses())]);
       const waited = run.cpuWaitShare === null ? "" : `; some task was waiting for a CPU ${(run.cpuWaitShare * 100).toFixed(0)}% of the time`;
       return `of the ${slowest} slowest, ${duringGc} overlapped a GC pause in the client or an instance${waited}`;
@@ -697,13 +697,13 @@ export async function revoke(b: Bench): Promise<void> {
     const floor = await runRounds({ targets, token: TOKEN, warmup: clientWarmup, rounds: cachedPass });
     failedRounds(floor, "VerifyKey");
     const oneCall = samplesOf(floor.latencies);
-    const floorInGc = await slowestInGc(floor);
+    const floorTail = await tailNotes(floor);
     // Drained: from here on, each instance's store latencies, evictions and GC pauses are those of these revocations.
     await Promise.all(instances.map((i) => Promise.all([i.stats(), i.evictions(), i.gcPauses()])));
     const revokes = await runRounds({ targets, token: TOKEN, warmup: clientWarmup, rounds: revoking(keys) });
     failedRounds(revokes, "RevokeKey");
     const latencies = samplesOf(revokes.latencies);
-    const revokesInGc = await slowestInGc(revokes);
+    const revokesTail = await tailNotes(revokes);
     // How long each revocation took to reach the other two instances: from sending RevokeKey to the later of
     // their evictions (the moment each stops answering from its cache), on the clock all processes share.
     const evictions = await Promise.all(instances.map((i) => i.evictions()));
@@ -743,7 +743,7 @@ export async function revoke(b: Bench): Promise<void> {
         `RevokeKey latency, one at a time from a lean client, after ${warmKeys.length} revocations to warm up; ` +
         `${revokes.passed}/${keys.length} REVOKED on every instance right after; ` +
         `of which, p50/p99 by instance, the MySQL transaction ${store} ms and the broadcast to the last ack ${broadcast} ms ` +
-        `(the rest: the gRPC call itself); ${revokesInGc}`,
+        `(the rest: the gRPC call itself); ${revokesTail}`,
     });
     b.row({
       scenario: "6. RevokeKey sent → evicted on the other 2",
@@ -765,7 +765,7 @@ export async function revoke(b: Bench): Promise<void> {
       verdict: "info",
       notes:
         `the gRPC call's floor: the same client and instances, no database, no broadcast; ${oneCall.size} calls (after ` +
-        `${clientWarmup.length} to warm up); ${floorInGc}`,
+        `${clientWarmup.length} to warm up); ${floorTail}`,
     });
     b.row({
       scenario: "6. raw mysql2 revoke transaction",
