@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import type { Pause } from "./pauses.js";
-import type { ServerStats, Usage } from "./server.js";
+import type { Latencies, ServerStats, Usage } from "./server.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -31,6 +31,8 @@ export interface ServerChild {
   /** host:port of its gRPC port. */
   readonly target: string;
   stats(): Promise<ServerStats>;
+  /** The store's and the broadcast's latencies since the last stats or latencies, without stats()'s full GC. */
+  latencies(): Promise<Latencies>;
   /** The server's RSS in bytes, read without collecting garbage first (unlike stats). */
   rss(): Promise<number>;
   /** CPU time used and verifications answered so far, read without collecting garbage. */
@@ -80,6 +82,7 @@ export async function startServer(mode: "service" | "baseline", options: ServerO
   return {
     target: `127.0.0.1:${hello.grpcPort as number}`,
     stats: () => ask("stats", (m) => m as unknown as ServerStats),
+    latencies: () => ask("latencies", (m) => m as unknown as Latencies),
     rss: () => ask("rss", (m) => m.rss as number),
     usage: () => ask("usage", (m) => m as unknown as Usage),
     evictions: () => ask("evictions", (m) => m.evictions as Record<string, string>),

@@ -43,16 +43,27 @@ export interface ServerStats {
   cacheSize: number;
   /** Store calls by method name, e.g. findByHash, touchLastUsed. */
   storeCalls: Record<string, number>;
-  /** Store call latency by method name, over the calls since the previous stats (ms). */
+  /** Store call latency by method name, over the calls since the previous stats or latencies command (ms). */
   storeLatency: Record<string, { p50: number; p99: number }>;
   /** Latency of announcing changes to the other instances, to the last ack, over the same calls (ms). */
   broadcastLatency?: { p50: number; p99: number };
+  /** Subscribers the last invalidation reached, the publisher included (Redis's count). */
+  broadcastReceivers?: number;
 }
+
+/** What the "latencies" command answers: the store's and the broadcast's, drained like stats() drains them. */
+export type Latencies = Pick<ServerStats, "storeLatency" | "broadcastLatency">;
 
 interface Running {
   grpcPort: number;
   httpPort: number;
   stats(): ServerStats;
+  /**
+   * The latencies alone, drained, without the full GC stats() does: right before a measured run. A forced
+   * full GC there deoptimized about 150 functions in each revoke instance ("weak objects": what the previous
+   * client's connection left behind), which V8 then compiled again during the measured revocations.
+   */
+  latencies(): Latencies;
   /** Keys evicted by invalidations since the last call, each with when (process.hrtime, ns, as text). */
   evictions(): Record<string, string>;
   /** GC pauses since the last call (service mode; the baseline's are not asked for). */
@@ -161,6 +172,11 @@ async function startService(): Promise<Running> {
       for (const id of event.keyIds) if (!evicted.has(id)) evicted.set(id, at);
     };
   }
+  const latencies = (): Latencies => {
+    const broadcastLatency = broadcastSamples.size > 0 ? percentiles(broadcastSamples) : undefined;
+    broadcastSamples = new Samples();
+    return { storeLatency: drain(storeLatencies), broadcastLatency };
+  };
   const pauses = recordGcPauses();
   const { grpcPort, httpPort } = await app.start();
   return {
@@ -172,19 +188,16 @@ async function startService(): Promise<Running> {
       evicted = new Map();
       return out;
     },
-    stats: () => {
-      const broadcastLatency = broadcastSamples.size > 0 ? percentiles(broadcastSamples) : undefined;
-      broadcastSamples = new Samples();
-      return {
-        ...memory(),
-        verified: Array.from(app.verifier.stats.byCode),
-        cacheSize: app.cache?.size ?? 0,
-        cpuMicros: cpuMicros(),
-        storeCalls,
-        storeLatency: drain(storeLatencies),
-        broadcastLatency,
-      };
-    },
+    stats: () => ({
+      ...memory(),
+      verified: Array.from(app.verifier.stats.byCode),
+      cacheSize: app.cache?.size ?? 0,
+      cpuMicros: cpuMicros(),
+      storeCalls,
+      ...latencies(),
+      broadcastReceivers: broadcast?.stats.lastReceivers,
+    }),
+    latencies,
     calls: () => app.verifier.stats.byCode.reduce((sum, n) => sum + n, 0),
     stop: () => app.stop(),
   };
@@ -219,6 +232,7 @@ async function startBaseline(): Promise<Running> {
     grpcPort,
     httpPort: 0,
     stats: () => ({ ...memory(), verified, cacheSize: 0, cpuMicros: cpuMicros(), storeCalls: {}, storeLatency: {} }),
+    latencies: () => ({ storeLatency: {} }),
     calls: () => verified.reduce((sum, n) => sum + n, 0),
     evictions: () => ({}),
     pauses: () => [],
@@ -243,6 +257,7 @@ async function main(): Promise<void> {
   const lines = createInterface({ input: process.stdin });
   lines.on("line", (line) => {
     if (line === "stats") say(running.stats());
+    else if (line === "latencies") say(running.latencies());
     else if (line === "rss") say({ rss: process.memoryUsage.rss() });
     else if (line === "usage") say(usage(running));
     else if (line === "evictions") say({ evictions: running.evictions() });
@@ -270,7 +285,7 @@ function supervise(count: number, say: (message: object) => void): void {
       if (code !== 0) process.exit(1);
     });
   });
-  const ask = <T>(type: "stats" | "usage" | "evictions" | "pauses") =>
+  const ask = <T>(type: "stats" | "latencies" | "usage" | "evictions" | "pauses") =>
     Promise.all(
       workers.map(
         (worker, i) =>
@@ -291,6 +306,8 @@ function supervise(count: number, say: (message: object) => void): void {
   const lines = createInterface({ input: process.stdin });
   lines.on("line", (line) => {
     if (line === "stats") allStats().then((all) => say(sumStats(all)));
+    // The first worker's, as in stats: percentiles do not add up.
+    else if (line === "latencies") ask<Latencies>("latencies").then((all) => say(all[0]));
     else if (line === "rss") allStats().then((all) => say({ rss: all.reduce((sum, st) => sum + st.rss, 0) }));
     else if (line === "usage") {
       ask<Usage>("usage").then((all) => say({ cpuMicros: sum(all, (u) => u.cpuMicros), calls: sum(all, (u) => u.calls) } satisfies Usage));
@@ -305,6 +322,7 @@ function serveSupervisor(running: Running): void {
   process.send!({ type: "listening", grpcPort: running.grpcPort, httpPort: running.httpPort });
   process.on("message", (message: { type: string }) => {
     if (message.type === "stats") process.send!({ type: "answer", answer: running.stats() });
+    else if (message.type === "latencies") process.send!({ type: "answer", answer: running.latencies() });
     else if (message.type === "usage") process.send!({ type: "answer", answer: usage(running) });
     else if (message.type === "evictions") process.send!({ type: "answer", answer: running.evictions() });
     else if (message.type === "pauses") process.send!({ type: "answer", answer: running.pauses() });

@@ -68,6 +68,12 @@ export class BroadcastStats {
   reconnects = 0;
   /** Last measured time from publish to all acks, ms. */
   lastAckMs = 0;
+  /**
+   * Subscribers the last invalidation reached (Redis's count, this instance included): every one of them must
+   * acknowledge before the change's RPC returns, so one that should not be there (a stray instance on the same
+   * Redis) slows every revocation.
+   */
+  lastReceivers = 0;
 }
 
 export class RedisBroadcast implements Invalidator {
@@ -152,6 +158,7 @@ export class RedisBroadcast implements Invalidator {
         );
       }
       this.stats.published++;
+      this.stats.lastReceivers = receivers;
       const entry = this.pending.get(id);
       if (entry) {
         entry.needed = receivers;

@@ -87,6 +87,7 @@ export class Metrics {
       counter(registers, "apikeys_broadcast_received_total", "Invalidations received from Redis.", () => s.received);
       counter(registers, "apikeys_broadcast_reconnects_total", "Times the Redis subscriber reconnected (the cache was emptied).", () => s.reconnects);
       gauge(registers, "apikeys_broadcast_last_ack_seconds", "Time from publishing the last invalidation to every instance's acknowledgement.", () => s.lastAckMs / 1000);
+      gauge(registers, "apikeys_broadcast_last_receivers", "Instances (this one included) the last invalidation reached; each must acknowledge it.", () => s.lastReceivers);
     }
     if (pool) {
       new Gauge({

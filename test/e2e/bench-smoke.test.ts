@@ -57,7 +57,7 @@ describe("bench smoke run", () => {
     expect(cached?.notes).toMatch(/pairs of runs: \d+\.\d\d×, \d+\.\d\d×; CPU per call: the service \d+\.\d µs, the baseline \d+\.\d µs/);
     // Every revocation was seen by all three instances, measured after its warm-up.
     const revoked = results.rows.find((r) => r.scenario === "6. RevokeKey → rejected on all 3 instances");
-    expect(revoked?.notes).toMatch(/after (\d+) revocations to warm up; \1\/\1 REVOKED on every instance right after/);
+    expect(revoked?.notes).toMatch(/after (\d+) revocations to warm up; \1\/\1 REVOKED on every instance right after; each published to 3 instances/);
     // The slowest revocations are checked against the GC pauses of the client and the instances.
     const inGc = /of the (\d+) slowest, (\d+) overlapped a GC pause in the client or an instance/.exec(revoked?.notes ?? "");
     expect(inGc, revoked?.notes).not.toBeNull();

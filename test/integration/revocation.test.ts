@@ -52,6 +52,8 @@ describe("revocation across instances (MariaDB + Redis)", () => {
     const { key, secret } = await a.connect.createKey({ organizationId: "org_1", actor: owner, name: "k" });
     for (const s of [a, b, c]) expect((await s.grpc.call("verifyKey", { key: secret })).valid).toBe(true);
     await a.connect.revokeKey({ organizationId: "org_1", keyId: key!.id, actor: owner });
+    // Published to the three instances, A's own subscriber included, and no one else.
+    expect(a.app.broadcast!.stats.lastReceivers).toBe(3);
     for (const s of [b, c, a]) {
       const res = await s.grpc.call("verifyKey", { key: secret });
       expect(res.code).toBe(VerifyCode.REVOKED);
