@@ -30,9 +30,9 @@ import type { Bench, MainService, Settings } from "./scenarios.js";
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 const MODES: Record<"full" | "quick" | "smoke", Settings> = {
-  full: { durationS: 10, warmupS: 2, coldSizes: [10_000, 100_000, 1_000_000], coldSample: 50_000, memoryKeys: 100_000, revocations: 1000, soakS: 45 },
-  quick: { durationS: 3, warmupS: 1, coldSizes: [10_000], coldSample: 10_000, memoryKeys: 10_000, revocations: 200, soakS: 10 },
-  smoke: { durationS: 0.5, warmupS: 0, coldSizes: [1000], coldSample: 1000, memoryKeys: 1000, revocations: 20, soakS: 0 },
+  full: { durationS: 10, warmupS: 2, coldSizes: [10_000, 100_000, 1_000_000], coldSample: 50_000, memoryKeys: 100_000, revocations: 1000, revokeWarmup: 5000, soakS: 45 },
+  quick: { durationS: 3, warmupS: 1, coldSizes: [10_000], coldSample: 10_000, memoryKeys: 10_000, revocations: 200, revokeWarmup: 1000, soakS: 10 },
+  smoke: { durationS: 0.5, warmupS: 0, coldSizes: [1000], coldSample: 1000, memoryKeys: 1000, revocations: 20, revokeWarmup: 20, soakS: 0 },
 };
 
 /** In the order they run, which is the numbering. */

@@ -60,7 +60,9 @@ export interface Settings {
   coldSample: number;
   /** Keys cached in the memory scenario. */
   memoryKeys: number;
+  /** Revocations measured, and revocations before them to warm up with (unmeasured). */
   revocations: number;
+  revokeWarmup: number;
   /** Seconds under load, unmeasured, before an in-memory scenario's runs (see measureInMemory); 0: none. */
   soakS: number;
 }
@@ -658,25 +660,34 @@ export async function revoke(b: Bench): Promise<void> {
   try {
     for (let i = 0; i < 3; i++) instances.push(await startServer("service", { env: { ...serviceEnv(b, b.scratchUrl), REDIS_URL: redis.url } }));
     const clients = instances.map(client);
-    const n = b.settings.revocations;
-    // As many again to warm up with: revoked first, unmeasured.
+    const { revocations: n, revokeWarmup } = b.settings;
+    // The keys to warm up with are revoked first, unmeasured.
     const created: { id: string; secret: string }[] = [];
-    for (let i = 0; i < 2 * n; i += CREATE_CONCURRENCY) {
-      const batch = Array.from({ length: Math.min(CREATE_CONCURRENCY, 2 * n - i) }, () =>
+    for (let i = 0; i < revokeWarmup + n; i += CREATE_CONCURRENCY) {
+      const batch = Array.from({ length: Math.min(CREATE_CONCURRENCY, revokeWarmup + n - i) }, () =>
         clients[0].createKey({ organizationId: "org_bench_revoke", actor: OWNER, name: "bench: revoke", scopes: DATASET_SCOPES }),
       );
       for (const res of await Promise.all(batch)) created.push({ id: res.key!.id, secret: res.secret });
     }
-    const [warmKeys, keys] = [created.slice(0, n), created.slice(n)];
-    // Every instance holds every key in its cache: the revocation has something to evict.
-    for (const c of clients) for (const k of created) await expectVerify(c, k.secret, VerifyCode.VALID);
+    const [warmKeys, keys] = [created.slice(0, revokeWarmup), created.slice(revokeWarmup)];
     // Measured from a lean client in a process of its own (runRounds): the Connect client here adds about
     // 0.6 ms to the median of a call and several to its p99. Each run first warms its client up with cached
-    // VerifyKeys, and the revocations were warmed up in the instances by a run of their own (1,000
-    // revocations one at a time: p50/p99 2.34/8.92 ms without, 2.27/7.91 after 3,000).
+    // VerifyKeys, and the revocations were warmed up in the instances by a run of their own: 5,000 in a full
+    // run. After 1,000, V8 still compiled about 40 functions of the revoke path (revokeKey, invalidate, the
+    // transaction, ioredis's decoder…) for the first time in each instance during the measured revocations,
+    // on its background threads, competing for the 2 cores (a V8 log, --log-code). RevokeKey p99: 6.1–8.6 ms
+    // in 7 runs after 1,000; 4.5–5.6 ms in 3 after 3,000; 4.1–5.7 ms in 9 after 5,000.
     const targets = instances.map((i) => i.target);
     const verifies = new Map(created.map((k) => [k.id, verifyFrame(k.secret)]));
     const verify = (k: { id: string }, target: number, expectCode: VerifyCode) => ({ target, path: VERIFY_PATH, frame: verifies.get(k.id)!, expectCode });
+    // Every instance holds every key in its cache: the revocation has something to evict.
+    const caching = await runRounds({
+      targets,
+      token: TOKEN,
+      rounds: created.map((k) => ({ call: verify(k, 0, VerifyCode.VALID), then: [verify(k, 1, VerifyCode.VALID), verify(k, 2, VerifyCode.VALID)] })),
+    });
+    failedRounds(caching, "VerifyKey (caching every key on every instance)");
+    if (caching.passed !== created.length) throw new Error(`only ${caching.passed} of ${created.length} keys VALID on every instance`);
     const cachedPass = keys.map((k, i) => ({ call: verify(k, i % 3, VerifyCode.VALID), then: [] }));
     // Five such passes warm the client up (a bare node:http2 client's p99 one call at a time: 3.2 ms after 300
     // calls, 0.9 ms after 5,000).
