@@ -22,13 +22,13 @@ import {
   VerifyKeyResponseSchema,
 } from "../gen/apikeys/v1/apikeys_pb.js";
 import { generateSecret } from "../src/keys/key-format.js";
+import { TestRedis } from "../test/helpers/redis.js";
 import { type ServerChild, startServer } from "./children.js";
 import type { Usage } from "./server.js";
 import { DATASET_SCOPES, ensureBufferPool, openDataset, sizeLabel } from "./dataset.js";
 import { type LoadResult, type LoadSpec, type RoundsResult, type Tool, grpcFrame, runLoad, runRounds } from "./load.js";
 import { slowestDuringPauses } from "./pauses.js";
 import { topSelfTime } from "./profile.js";
-import { TestRedis } from "../test/helpers/redis.js";
 import { type RawResult, rawInserts, rawRevokes } from "./raw-insert.js";
 import type { Row } from "./report.js";
 import { Samples } from "./stats.js";
