@@ -676,7 +676,7 @@ export async function revoke(b: Bench): Promise<void> {
     // run. After 1,000, V8 still compiled about 40 functions of the revoke path (revokeKey, invalidate, the
     // transaction, ioredis's decoder…) for the first time in each instance during the measured revocations,
     // on its background threads, competing for the 2 cores (a V8 log, --log-code). RevokeKey p99: 6.1–8.6 ms
-    // in 7 runs after 1,000; 4.5–5.6 ms in 3 after 3,000; 4.1–5.7 ms in 9 after 5,000.
+    // in 7 runs after 1,000; 4.5–5.6 ms in 3 after 3,000; 4.1–5.7 ms in 11 after 5,000.
     const targets = instances.map((i) => i.target);
     const verifies = new Map(created.map((k) => [k.id, verifyFrame(k.secret)]));
     const verify = (k: { id: string }, target: number, expectCode: VerifyCode) => ({ target, path: VERIFY_PATH, frame: verifies.get(k.id)!, expectCode });
