@@ -1,5 +1,7 @@
 // The real service in its own process (src/main.ts, as `npm start` runs it),
-// so that a test can kill -9 it: no shutdown hook, no flush, no goodbye.
+// so that a test can kill -9 it (no shutdown hook, no flush, no goodbye) or
+// stall it with SIGSTOP (a paused VM, a long GC: its sockets stay open, the
+// kernel keeps acknowledging, and nothing in it runs) and resume it.
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -14,12 +16,26 @@ const START_TIMEOUT_MS = 60_000;
 
 export interface ChildServer {
   grpcPort: number;
+  httpPort: number;
+  pid: number;
   client: Client<typeof ApiKeyService>;
   /** kill -9, and wait for the process to be gone. */
   kill(): Promise<void>;
+  /** False once the process has exited, by itself or killed; with what it wrote to stderr. */
+  alive(): boolean;
+  stderr(): string;
+  /** SIGSTOP: the process stops running at once; its connections stay open. */
+  pause(): void;
+  /** SIGCONT. */
+  resume(): void;
+  /** Its Prometheus metrics (GET /metrics on the HTTP port), as text. */
+  metrics(): Promise<string>;
 }
 
-export async function startChildServer(env: { MYSQL_URL: string; REDIS_URL: string }): Promise<ChildServer> {
+/** MYSQL_URL and REDIS_URL, and any other configuration (CACHE_LEASE_MS…). */
+export type ChildEnv = { MYSQL_URL: string; REDIS_URL: string } & Record<string, string>;
+
+export async function startChildServer(env: ChildEnv): Promise<ChildServer> {
   const proc = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
     cwd: ROOT,
     env: {
@@ -36,7 +52,7 @@ export async function startChildServer(env: { MYSQL_URL: string; REDIS_URL: stri
   const stderr: string[] = [];
   proc.stderr!.on("data", (chunk: Buffer) => stderr.push(chunk.toString()));
   const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
-  const grpcPort = await new Promise<number>((resolve, reject) => {
+  const { grpcPort, httpPort } = await new Promise<{ grpcPort: number; httpPort: number }>((resolve, reject) => {
     const timer = setTimeout(() => fail(new Error(`the service did not start in ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
     const fail = (err: Error) => {
       clearTimeout(timer);
@@ -47,27 +63,39 @@ export async function startChildServer(env: { MYSQL_URL: string; REDIS_URL: stri
     proc.once("exit", early);
     // The service logs one JSON object per line; "apikeys listening" carries the ports.
     createInterface({ input: proc.stdout! }).on("line", (line) => {
-      let entry: { msg?: string; grpcPort?: number };
+      let entry: { msg?: string; grpcPort?: number; httpPort?: number };
       try {
         entry = JSON.parse(line);
       } catch {
         return;
       }
-      if (entry.msg === "apikeys listening" && typeof entry.grpcPort === "number") {
+      if (entry.msg === "apikeys listening" && typeof entry.grpcPort === "number" && typeof entry.httpPort === "number") {
         clearTimeout(timer);
         proc.off("exit", early);
-        resolve(entry.grpcPort);
+        resolve({ grpcPort: entry.grpcPort, httpPort: entry.httpPort });
       }
     });
   });
   return {
     grpcPort,
+    httpPort,
+    pid: proc.pid!,
     client: createClient(ApiKeyService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${grpcPort}` })),
     kill: () => killed(proc, exited),
+    alive: () => proc.exitCode === null && proc.signalCode === null,
+    stderr: () => stderr.join(""),
+    pause: () => void proc.kill("SIGSTOP"),
+    resume: () => void proc.kill("SIGCONT"),
+    metrics: async () => {
+      const res = await fetch(`http://127.0.0.1:${httpPort}/metrics`);
+      if (!res.ok) throw new Error(`GET /metrics: ${res.status}`);
+      return res.text();
+    },
   };
 }
 
 async function killed(proc: ChildProcess, exited: Promise<void>): Promise<void> {
+  // A stopped process dies of SIGKILL too; no SIGCONT needed.
   if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
   await exited;
 }
