@@ -87,7 +87,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const broadcast = config.dev
     ? null
     : new RedisBroadcast({
-        redisUrl: config.redisUrl,
+        redis: config.redis,
         cache,
         logger,
         leaseMs: config.cacheLeaseMs,
@@ -104,7 +104,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const limiter: ManagedUsageLimiter = config.dev
     ? new MemoryUsageLimiter()
     : new RedisUsageLimiter({
-        redisUrl: config.redisUrl,
+        redis: config.redis,
         ledger: store instanceof MySqlStore ? MySqlCreditLedger.open(config.mysqlUrl) : new MemoryCreditLedger(),
         flushIntervalMs: config.creditFlushMs,
         logger,

@@ -3,6 +3,7 @@
 import { availableParallelism } from "node:os";
 import { isValidPrefix } from "./keys/key-format.js";
 import { DEFAULT_POLICY, type KeyPolicy, parsePolicy } from "./keys/policy.js";
+import type { RedisNode, RedisTarget } from "./redis/connections.js";
 import type { Access, CallerConfig } from "./transport/auth.js";
 import type { TlsConfig } from "./transport/tls.js";
 
@@ -13,7 +14,8 @@ export interface Config {
   grpcPort: number;
   httpPort: number;
   mysqlUrl: string;
-  redisUrl: string;
+  /** Redis for the broadcast and the usage limits: REDIS_URL, or REDIS_CLUSTER_NODES when set (see src/redis/connections.ts). */
+  redis: RedisTarget;
   pepper: string;
   /** The pepper before the last rotation: hashes made with it are found and re-hashed (see src/keys/hashing.ts). */
   previousPepper: string | null;
@@ -144,6 +146,104 @@ function tlsConfig(env: Env): TlsConfig | null {
   return { certFile, keyFile, clientCaFile: clientCaFile === "" ? null : clientCaFile };
 }
 
+/** A Redis URL or cluster entry for an error message: the password (and a user without one, which may be one) hidden. */
+function redactUserinfo(raw: string): string {
+  return raw.replace(/\/\/(.*)@/, (_all, userinfo: string) => {
+    const colon = userinfo.indexOf(":");
+    return colon < 0 ? "//***@" : `//${userinfo.slice(0, colon)}:***@`;
+  });
+}
+
+const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})$/;
+
+function node(host: string, port: number, what: string): RedisNode {
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ConfigError(`${what}: the port must be from 1 to 65535`);
+  // Brackets are URL syntax for an IPv6 address; the socket wants the bare address.
+  return { host: host.startsWith("[") ? host.slice(1, -1) : host, port };
+}
+
+/** redis://[user:password@]host[:port][/db] or rediss://…; user and password percent-encoded. */
+function redisUrl(variable: string, raw: string): Omit<RedisTarget, "cluster" | "tlsCaFile"> {
+  const what = `${variable} "${redactUserinfo(raw)}"`;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`${what} is not a URL: expected redis://[user:password@]host:port or rediss://… for TLS`);
+  }
+  if (url.protocol !== "redis:" && url.protocol !== "rediss:") throw new ConfigError(`${what}: the scheme must be redis:// or rediss:// (TLS)`);
+  if (url.hostname === "") throw new ConfigError(`${what}: no host`);
+  if (url.search !== "" || url.hash !== "") throw new ConfigError(`${what}: options in the URL are not supported`);
+  const path = url.pathname.replace(/^\//, "");
+  if (!/^[0-9]{0,5}$/.test(path)) throw new ConfigError(`${what}: the path must be a database number`);
+  let username: string | null = null;
+  let password: string | null = null;
+  try {
+    username = url.username === "" ? null : decodeURIComponent(url.username);
+    password = url.password === "" ? null : decodeURIComponent(url.password);
+  } catch {
+    throw new ConfigError(`${what}: the user or password is not valid percent-encoding`);
+  }
+  // "redis://secret@host" is a user named "secret" to a URL parser; to Redis it was most likely meant as the password.
+  if (username !== null && password === null) {
+    throw new ConfigError(`${what}: a user without a password; write redis://:password@host for the default user, redis://user:password@host for an ACL user`);
+  }
+  return {
+    nodes: [node(url.hostname, url.port === "" ? 6379 : Number(url.port), what)],
+    db: path === "" ? 0 : Number(path),
+    tls: url.protocol === "rediss:",
+    username,
+    password,
+  };
+}
+
+/**
+ * REDIS_CLUSTER_NODES: seed nodes "host:port,host:port,…". The first may be written as a URL
+ * (rediss://user:password@host:port) whose scheme and credentials apply to every node.
+ */
+function redisCluster(raw: string, tlsCaFile: string | null): RedisTarget {
+  const entries = raw.split(",").map((e) => e.trim());
+  let access: Omit<RedisTarget, "cluster" | "tlsCaFile" | "nodes"> = { db: 0, tls: false, username: null, password: null };
+  const nodes: RedisNode[] = [];
+  const seen = new Set<string>();
+  entries.forEach((entry, i) => {
+    const what = `REDIS_CLUSTER_NODES entry ${i + 1} "${redactUserinfo(entry)}"`;
+    let parsed: RedisNode;
+    if (entry.includes("://")) {
+      if (i > 0) throw new ConfigError(`${what}: only the first entry may be a URL (its scheme and credentials apply to every node); write host:port`);
+      const url = redisUrl("REDIS_CLUSTER_NODES", entry);
+      if (url.db !== 0) throw new ConfigError(`${what}: a cluster has database 0 only`);
+      ({ nodes: [parsed], ...access } = url);
+    } else {
+      const m = HOST_PORT.exec(entry);
+      if (m === null) throw new ConfigError(`${what} is not host:port (e.g. 10.0.0.1:6379, redis-1.internal:6379, [fd00::1]:6379)`);
+      parsed = node(m[1], Number(m[2]), what);
+    }
+    const id = `${parsed.host}:${parsed.port}`;
+    if (seen.has(id)) throw new ConfigError(`${what}: ${id} is listed twice`);
+    seen.add(id);
+    nodes.push(parsed);
+  });
+  return { ...access, nodes, cluster: true, tlsCaFile };
+}
+
+/** Redis as REDIS_URL, REDIS_CLUSTER_NODES and REDIS_TLS_CA_FILE describe it (exported for tests that start their own). */
+export function redisTarget(env: Env): RedisTarget {
+  const tlsCaFile = env.REDIS_TLS_CA_FILE || null;
+  const clusterNodes = (env.REDIS_CLUSTER_NODES ?? "").trim();
+  // The cluster wins: REDIS_URL may still be set from a standalone deployment (or a default in an image).
+  const target =
+    clusterNodes !== ""
+      ? redisCluster(clusterNodes, tlsCaFile)
+      : { ...redisUrl("REDIS_URL", env.REDIS_URL || "redis://127.0.0.1:6379"), cluster: false, tlsCaFile };
+  if (tlsCaFile !== null && !target.tls) {
+    throw new ConfigError(
+      `REDIS_TLS_CA_FILE is set but Redis is reached without TLS: use a rediss:// ${clusterNodes !== "" ? "first REDIS_CLUSTER_NODES entry" : "REDIS_URL"}`,
+    );
+  }
+  return target;
+}
+
 export function loadConfig(env: Env, options: { dev: boolean }): Config {
   const dev = options.dev;
   const pepper = env.KEY_PEPPER ?? (dev ? DEV_PEPPER : "");
@@ -181,7 +281,7 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     grpcPort: int(env, "GRPC_PORT", 50051, 0, 65535),
     httpPort: int(env, "HTTP_PORT", 8080, 0, 65535),
     mysqlUrl: env.MYSQL_URL || "mysql://root@127.0.0.1:3306/apikeys",
-    redisUrl: env.REDIS_URL || "redis://127.0.0.1:6379",
+    redis: redisTarget(env),
     pepper,
     previousPepper,
     defaultPrefix,

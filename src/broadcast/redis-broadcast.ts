@@ -23,12 +23,12 @@
 // If the change cannot be published at all, invalidate() fails with
 // UNAVAILABLE: the change is stored, but the caller must retry to be sure
 // every instance saw it.
-import { Redis } from "ioredis";
 import { ApiError, Status } from "../keys/errors.js";
 import type { Invalidation, Invalidator } from "../keys/invalidation.js";
 import { randomBase62 } from "../keys/key-format.js";
 import type { VerifyCache } from "../keys/verify-cache.js";
 import type { Logger } from "../logger.js";
+import { type RedisClient, type RedisTarget, redisClient } from "../redis/connections.js";
 
 /** Channel names, versioned so that incompatible releases never talk to each other. */
 export const CHANNELS = {
@@ -46,7 +46,7 @@ interface Envelope {
 }
 
 export interface RedisBroadcastOptions {
-  redisUrl: string;
+  redis: RedisTarget;
   cache: VerifyCache | null;
   logger: Logger;
   leaseMs?: number;
@@ -79,8 +79,8 @@ export class BroadcastStats {
 export class RedisBroadcast implements Invalidator {
   readonly instanceId = `i_${randomBase62(12)}`;
   readonly stats = new BroadcastStats();
-  private readonly pub: Redis;
-  private readonly sub: Redis;
+  private readonly pub: RedisClient;
+  private readonly sub: RedisClient;
   private readonly cache: VerifyCache | null;
   private readonly logger: Logger;
   private readonly leaseMs: number;
@@ -102,14 +102,9 @@ export class RedisBroadcast implements Invalidator {
     this.marginMs = options.marginMs ?? 500;
     this.now = options.now ?? Date.now;
     this.deliveryDelayMs = options.deliveryDelayMs ?? 0;
-    const common = {
-      connectTimeout: 1000,
-      lazyConnect: true,
-      retryStrategy: (attempt: number) => Math.min(50 * attempt, 1000),
-    };
     // Commands fail fast while disconnected instead of queueing: a revoke must not hang.
-    this.pub = new Redis(options.redisUrl, { ...common, enableOfflineQueue: false, maxRetriesPerRequest: 0 });
-    this.sub = new Redis(options.redisUrl, { ...common, autoResubscribe: true });
+    this.pub = redisClient(options.redis, "publisher");
+    this.sub = redisClient(options.redis, "subscriber");
     // Until the first ping comes back this instance cannot know what it missed.
     this.cache?.distrust();
     this.sub.on("message", (channel: string, message: string) => {

@@ -23,10 +23,10 @@
 // once rather than after queueing (no offline queue, no retries, short
 // timeouts). A limit that fails open would let any outage hand out unlimited
 // requests and credits, which are what customers pay for.
-import { Redis } from "ioredis";
 import { unavailable } from "../keys/errors.js";
 import type { LimitsRecord } from "../keys/records.js";
 import type { Logger } from "../logger.js";
+import { type RedisClient, type RedisTarget, redisClient } from "../redis/connections.js";
 import type { CreditLedger, CreditUsage } from "./credit-ledger.js";
 import type { LimitedKey, ManagedUsageLimiter, UsageOutcome, UsageVerdict } from "./usage-limiter.js";
 import { DAY_MS, MINUTE_MS, MonthClock, usageOutcome } from "./windows.js";
@@ -84,7 +84,7 @@ return {0, m, d, used}
 
 const UNSEEDED = -1;
 const VERDICTS: readonly UsageVerdict[] = ["ok", "rate_limited", "usage_exceeded"];
-/** Counters per MGET and per ledger batch when flushing. */
+/** Counters read from Redis at once when flushing. */
 const FLUSH_CHUNK = 1000;
 
 interface ConsumeCommand {
@@ -101,7 +101,7 @@ interface ConsumeCommand {
 }
 
 export interface RedisUsageLimiterOptions {
-  redisUrl: string;
+  redis: RedisTarget;
   /** Owned by the limiter: closed by stop(). */
   ledger: CreditLedger;
   /** How often consumed credits are copied to the ledger. */
@@ -115,7 +115,7 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
   /** Credits counters seeded from the ledger; ledger batches written. For metrics and tests. */
   seeds = 0;
   flushes = 0;
-  private readonly redis: Redis & ConsumeCommand;
+  private readonly redis: RedisClient & ConsumeCommand;
   private readonly ledger: CreditLedger;
   private readonly flushIntervalMs: number;
   private readonly logger: Logger;
@@ -131,18 +131,7 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
     this.ledger = options.ledger;
     this.flushIntervalMs = options.flushIntervalMs;
     this.logger = options.logger;
-    // Fail fast: while disconnected a command is rejected at once instead of
-    // queued, and a stalled server fails the call after commandTimeoutMs.
-    this.redis = new Redis(options.redisUrl, {
-      lazyConnect: true,
-      connectTimeout: 1000,
-      commandTimeout: options.commandTimeoutMs ?? 1000,
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 0,
-      retryStrategy: (attempt: number) => Math.min(50 * attempt, 1000),
-      // The verifications of one event-loop turn reach Redis in one write (one pipeline), in order.
-      enableAutoPipelining: true,
-    }) as Redis & ConsumeCommand;
+    this.redis = redisClient(options.redis, "limiter", { commandTimeoutMs: options.commandTimeoutMs }) as RedisClient & ConsumeCommand;
     // EVALSHA, falling back to EVAL when the server does not know the script (e.g. after a restart).
     this.redis.defineCommand("apikeysConsume", { numberOfKeys: 3, lua: CONSUME_LUA });
     this.redis.on("error", (err: Error) => this.logger.debug({ err: err.message }, "redis usage-limiter connection error"));
@@ -253,19 +242,18 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
   }
 
   private async write(batch: string[]): Promise<void> {
-    // All MGETs in one pipeline: one round trip.
-    const pipeline = this.redis.pipeline();
-    for (let i = 0; i < batch.length; i += FLUSH_CHUNK) pipeline.mget(batch.slice(i, i + FLUSH_CHUNK));
-    const replies = (await pipeline.exec()) ?? [];
     const entries: CreditUsage[] = [];
-    for (let c = 0; c < replies.length; c++) {
-      const [err, values] = replies[c];
-      if (err) throw err;
-      (values as (string | null)[]).forEach((value, j) => {
+    for (let i = 0; i < batch.length; i += FLUSH_CHUNK) {
+      const chunk = batch.slice(i, i + FLUSH_CHUNK);
+      // One GET per counter, not an MGET: on a cluster each key's counters live in the slot of its
+      // own hash tag, and an MGET across slots fails with CROSSSLOT. Auto-pipelining still sends a
+      // chunk's GETs in one write per node.
+      const values = await Promise.all(chunk.map((counter) => this.redis.get(counter)));
+      values.forEach((value, j) => {
         // Gone from Redis (it lost its data): nothing newer than the ledger to save;
         // the next use seeds the counter from the ledger again.
         if (value === null) return;
-        const counter = batch[c * FLUSH_CHUNK + j];
+        const counter = chunk[j];
         entries.push({
           keyId: counter.slice(CREDITS_PREFIX.length, -CREDITS_SUFFIX_LENGTH),
           month: counter.slice(-6),

@@ -188,7 +188,7 @@ describe("no secret in the database, logs, errors or metrics", () => {
     expect(metrics).toMatch(/apikeys_verify_malformed_keys_total [1-9]/);
     expect(metrics).toMatch(/apikeys_verify_outcomes_total\{code="NOT_FOUND"\} [2-9]/);
 
-    const redis = new Redis(s.app.config.redisUrl);
+    const redis = new Redis(s.app.config.redis.nodes[0]);
     let redisDump = "";
     try {
       for (const key of await redis.keys("apikeys:*")) {

@@ -137,3 +137,76 @@ describe("loadConfig: TLS and peppers", () => {
     expect(load({ WORKERS: "1" }, true).workers).toBe(1);
   });
 });
+
+describe("loadConfig: Redis", () => {
+  const open = { ALLOW_UNAUTHENTICATED_CALLERS: "true" };
+  const SECRET = "s3cr3t/pass@word";
+  const access = { db: 0, tls: false, tlsCaFile: null, username: null, password: null };
+
+  it("reaches a standalone Redis by REDIS_URL, with TLS (rediss://) and an ACL user", () => {
+    expect(load(open).redis).toEqual({ ...access, cluster: false, nodes: [{ host: "127.0.0.1", port: 6379 }] });
+    expect(load({ ...open, REDIS_URL: "redis://redis.internal/2" }).redis).toEqual({
+      ...access,
+      cluster: false,
+      db: 2,
+      nodes: [{ host: "redis.internal", port: 6379 }],
+    });
+    expect(
+      load({ ...open, REDIS_URL: `rediss://apikeys:${encodeURIComponent(SECRET)}@[fd00::1]:6380`, REDIS_TLS_CA_FILE: "/etc/redis-ca.pem" }).redis,
+    ).toEqual({
+      ...access,
+      cluster: false,
+      nodes: [{ host: "fd00::1", port: 6380 }],
+      tls: true,
+      tlsCaFile: "/etc/redis-ca.pem",
+      username: "apikeys",
+      password: SECRET,
+    });
+    expect(load({ ...open, REDIS_URL: "redis://:only-a-password@h:1" }).redis).toMatchObject({ username: null, password: "only-a-password" });
+  });
+
+  it("runs on a cluster when REDIS_CLUSTER_NODES is set, whatever REDIS_URL says", () => {
+    expect(load({ ...open, REDIS_URL: "redis://standalone:6379", REDIS_CLUSTER_NODES: " 10.0.0.1:7000, redis-2.internal:7001,[fd00::3]:7002" }).redis).toEqual({
+      ...access,
+      cluster: true,
+      nodes: [
+        { host: "10.0.0.1", port: 7000 },
+        { host: "redis-2.internal", port: 7001 },
+        { host: "fd00::3", port: 7002 },
+      ],
+    });
+    // The first entry as a URL: its scheme and credentials apply to every node.
+    expect(load({ ...open, REDIS_CLUSTER_NODES: "rediss://apikeys:pw@n1:6379,n2:6379" }).redis).toEqual({
+      ...access,
+      cluster: true,
+      nodes: [
+        { host: "n1", port: 6379 },
+        { host: "n2", port: 6379 },
+      ],
+      tls: true,
+      username: "apikeys",
+      password: "pw",
+    });
+  });
+
+  it.each([
+    ["a REDIS_URL that is not one", { REDIS_URL: "localhost:6379" }, /^REDIS_URL "localhost:6379": the scheme must be redis:\/\/ or rediss:\/\//],
+    ["another scheme", { REDIS_URL: "http://h:1" }, /^REDIS_URL "http:\/\/h:1": the scheme must be redis:\/\/ or rediss:\/\/ \(TLS\)$/],
+    ["a port out of range", { REDIS_URL: "redis://h:70000" }, /^REDIS_URL "redis:\/\/h:70000" is not a URL/],
+    ["a path that is not a database", { REDIS_URL: "redis://h:1/cache" }, /the path must be a database number$/],
+    ["URL options", { REDIS_URL: "redis://h:1/?family=6" }, /options in the URL are not supported$/],
+    ["a user without a password", { REDIS_URL: `redis://${SECRET.replace("/", "")}@h:1` }, /^REDIS_URL "redis:\/\/\*\*\*@h:1": a user without a password/],
+    ["a CA file without TLS", { REDIS_TLS_CA_FILE: "/ca.pem" }, /^REDIS_TLS_CA_FILE is set but Redis is reached without TLS: use a rediss:\/\/ REDIS_URL$/],
+    ["a cluster entry without a port", { REDIS_CLUSTER_NODES: "n1:7000,n2" }, /^REDIS_CLUSTER_NODES entry 2 "n2" is not host:port/],
+    ["an empty cluster entry", { REDIS_CLUSTER_NODES: "n1:7000,,n2:7001" }, /^REDIS_CLUSTER_NODES entry 2 "" is not host:port/],
+    ["a cluster port out of range", { REDIS_CLUSTER_NODES: "n1:0" }, /^REDIS_CLUSTER_NODES entry 1 "n1:0": the port must be from 1 to 65535$/],
+    ["a node listed twice", { REDIS_CLUSTER_NODES: "n1:7000,n1:7000" }, /entry 2 "n1:7000": n1:7000 is listed twice$/],
+    ["a URL after the first entry", { REDIS_CLUSTER_NODES: `n1:7000,redis://u:${SECRET}@n2:7001` }, /^REDIS_CLUSTER_NODES entry 2 "redis:\/\/u:\*\*\*@n2:7001": only the first entry may be a URL/],
+    ["a cluster database", { REDIS_CLUSTER_NODES: "redis://n1:7000/1" }, /a cluster has database 0 only$/],
+    ["a CA file for a plaintext cluster", { REDIS_CLUSTER_NODES: "n1:7000", REDIS_TLS_CA_FILE: "/ca.pem" }, /use a rediss:\/\/ first REDIS_CLUSTER_NODES entry$/],
+  ])("refuses %s with a message that never contains the password", (_what, env, message) => {
+    const text = refusal({ ...open, ...env });
+    expect(text).toMatch(message);
+    expect(text).not.toContain("s3cr3t");
+  });
+});

@@ -1,0 +1,126 @@
+// The one place that knows how to reach Redis: a standalone server or a
+// Redis Cluster (seed nodes), plain or TLS, with or without an ACL user.
+// Each part of the service asks for a connection by its role and gets the
+// options that role needs; none of them builds a client of its own.
+import { readFileSync } from "node:fs";
+import type { ConnectionOptions } from "node:tls";
+import { Cluster, type ClusterOptions, Redis, type RedisOptions } from "ioredis";
+import { ConfigError } from "../config.js";
+
+export interface RedisNode {
+  host: string;
+  port: number;
+}
+
+/** How to reach Redis, parsed once from REDIS_URL or REDIS_CLUSTER_NODES (see src/config.ts). */
+export interface RedisTarget {
+  /** Standalone: the one server. Cluster: the seed nodes, from which the client learns the rest. */
+  nodes: RedisNode[];
+  cluster: boolean;
+  /** Database number (standalone only: a cluster has database 0 alone). */
+  db: number;
+  /** rediss://: TLS to every node. */
+  tls: boolean;
+  /** CA bundle (PEM) the server certificates must chain to; null = the system's CAs. */
+  tlsCaFile: string | null;
+  /** ACL user; null = "default". */
+  username: string | null;
+  /** Never logged: describeRedisTarget leaves it out. */
+  password: string | null;
+}
+
+/**
+ * What a connection is for:
+ * - publisher: broadcast commands (PUBLISH/SPUBLISH) that must fail at once while disconnected, never queue;
+ * - subscriber: pub/sub (sharded on a cluster: one connection per master), resubscribing after a reconnect;
+ * - limiter: the usage counters, on the hot path: fail fast, bounded command time, auto-pipelined.
+ */
+export type RedisRole = "publisher" | "subscriber" | "limiter";
+
+export type RedisClient = Redis | Cluster;
+
+export interface RedisClientOptions {
+  /** limiter: how long one command may take before the verification fails (ms). */
+  commandTimeoutMs?: number;
+}
+
+const CONNECT_TIMEOUT_MS = 1000;
+const DEFAULT_COMMAND_TIMEOUT_MS = 1000;
+
+/** Reconnect soon, then at most once a second: an outage is noticed and left as fast as Redis comes back. */
+const backoff = (attempt: number) => Math.min(50 * attempt, 1000);
+
+/** "cluster 10.0.0.1:6379,10.0.0.2:6379 (tls, user apikeys)": for logs and errors, without the password. */
+export function describeRedisTarget(target: RedisTarget): string {
+  const where = target.nodes.map((n) => `${n.host}:${n.port}`).join(",");
+  const how = [target.tls && "tls", target.username !== null && `user ${target.username}`, target.password !== null && "password"].filter(Boolean);
+  return `${target.cluster ? "cluster" : "redis"} ${where}${target.cluster || target.db === 0 ? "" : `/${target.db}`}${how.length > 0 ? ` (${how.join(", ")})` : ""}`;
+}
+
+/**
+ * TLS options, with the CA file read now: an unreadable or non-PEM file stops
+ * start-up (buildApp) with a message naming the variable, not a failed handshake later.
+ */
+function tlsOptions(target: RedisTarget): ConnectionOptions | undefined {
+  if (!target.tls) return undefined;
+  if (target.tlsCaFile === null) return {};
+  let ca: Buffer;
+  try {
+    ca = readFileSync(target.tlsCaFile);
+  } catch (err) {
+    throw new ConfigError(`REDIS_TLS_CA_FILE: cannot read "${target.tlsCaFile}" (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  }
+  if (!ca.toString("latin1").includes("-----BEGIN CERTIFICATE-----")) {
+    throw new ConfigError(`REDIS_TLS_CA_FILE: "${target.tlsCaFile}" is not a PEM certificate`);
+  }
+  return { ca };
+}
+
+/** A new, unconnected client (lazyConnect: call connect()) for the role. */
+export function redisClient(target: RedisTarget, role: RedisRole, options: RedisClientOptions = {}): RedisClient {
+  const tls = tlsOptions(target);
+  const commandTimeout = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+  const access = {
+    connectTimeout: CONNECT_TIMEOUT_MS,
+    ...(target.username !== null && { username: target.username }),
+    ...(target.password !== null && { password: target.password }),
+    ...(tls !== undefined && { tls }),
+  };
+  // Fail fast: while disconnected a command is rejected at once instead of queued (a revoke or
+  // a verification must not hang), and on the hot path a stalled server fails the call after commandTimeout.
+  const failFast = role !== "subscriber";
+  if (!target.cluster) {
+    const node = target.nodes[0];
+    const redisOptions: RedisOptions = {
+      ...access,
+      host: node.host,
+      port: node.port,
+      db: target.db,
+      lazyConnect: true,
+      retryStrategy: backoff,
+      ...(failFast && { enableOfflineQueue: false, maxRetriesPerRequest: 0 }),
+      ...(role === "subscriber" && { autoResubscribe: true }),
+      // The verifications of one event-loop turn reach Redis in one write (one pipeline), in order.
+      ...(role === "limiter" && { commandTimeout, enableAutoPipelining: true }),
+    };
+    return new Redis(redisOptions);
+  }
+  const clusterOptions: ClusterOptions = {
+    lazyConnect: true,
+    clusterRetryStrategy: backoff,
+    // A node that stops answering is found out by the next slots refresh or MOVED reply.
+    slotsRefreshTimeout: CONNECT_TIMEOUT_MS,
+    redisOptions: {
+      ...access,
+      ...(failFast && { maxRetriesPerRequest: 0 }),
+      ...(role === "limiter" && { commandTimeout }),
+    },
+    // Keep the names the nodes announce: TLS checks the certificate against the name, not a resolved address.
+    ...(tls !== undefined && { dnsLookup: (address: string, callback: (err: null, address: string) => void) => callback(null, address) }),
+    ...(failFast && { enableOfflineQueue: false }),
+    // Sharded pub/sub (SSUBSCRIBE): one subscriber connection per master, each channel served by its slot's master.
+    ...(role === "subscriber" && { shardedSubscribers: true }),
+    ...(role === "limiter" && { enableAutoPipelining: true }),
+  };
+  return new Cluster(target.nodes, clusterOptions);
+}
