@@ -1,11 +1,13 @@
 // The usage limiters on their own, with an injected clock: the semantics both
 // share (Redis and memory), then what only the Redis one has — seeding from the
-// credit ledger, flushing to it, failing closed — against a real Redis, and
-// the MySQL ledger against a real MariaDB.
+// credit ledger, flushing to it, failing closed — against a real Redis and a
+// real three-master Redis Cluster (every key's counters on the slot of its own
+// hash tag, so the keys of one test land on different masters), and the MySQL
+// ledger against a real MariaDB.
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import { Redis } from "ioredis";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { redisTarget } from "../../src/config.js";
 import { ApiError, Status } from "../../src/keys/errors.js";
 import { randomBase62 } from "../../src/keys/key-format.js";
 import type { KeyRecord, LimitsRecord } from "../../src/keys/records.js";
@@ -13,10 +15,12 @@ import { type CreditLedger, type CreditUsage, MemoryCreditLedger, MySqlCreditLed
 import { MemoryUsageLimiter } from "../../src/limits/memory-usage-limiter.js";
 import { COUNTER_KEYS, RedisUsageLimiter } from "../../src/limits/redis-usage-limiter.js";
 import type { ManagedUsageLimiter } from "../../src/limits/usage-limiter.js";
+import { type RedisClient, type RedisTarget, redisClient } from "../../src/redis/connections.js";
 import { runMigrations } from "../../src/store/migrate.js";
 import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
 import { keyRecord } from "../helpers/records.js";
 import { TestRedis } from "../helpers/redis.js";
+import { TestRedisCluster } from "../helpers/redis-cluster.js";
 
 const REDIS_URL = process.env.REDIS_TEST_URL ?? "redis://127.0.0.1:6379";
 const silent = pino({ level: "silent" });
@@ -38,12 +42,27 @@ function keyWith(limits: Partial<LimitsRecord>): LimitedKey {
   }) as LimitedKey;
 }
 
-function redisLimiter(ledger: CreditLedger = new MemoryCreditLedger(), redisUrl = REDIS_URL): RedisUsageLimiter {
-  return new RedisUsageLimiter({ redisUrl, ledger, flushIntervalMs: 3_600_000, logger: silent });
+let cluster: TestRedisCluster;
+
+beforeAll(async () => {
+  cluster = await TestRedisCluster.start();
+});
+afterAll(async () => {
+  await cluster?.stop();
+});
+
+/** Where the Redis tests run: the shared standalone server and the file's own cluster (started by then). */
+const topologies: [string, () => RedisTarget][] = [
+  ["standalone", () => redisTarget({ REDIS_URL })],
+  ["cluster", () => redisTarget({ REDIS_CLUSTER_NODES: cluster.seeds })],
+];
+
+function redisLimiter(ledger: CreditLedger = new MemoryCreditLedger(), redis: RedisTarget = redisTarget({ REDIS_URL })): RedisUsageLimiter {
+  return new RedisUsageLimiter({ redis, ledger, flushIntervalMs: 3_600_000, logger: silent });
 }
 
 const limiters: [string, () => ManagedUsageLimiter][] = [
-  ["redis", () => redisLimiter()],
+  ...topologies.map(([name, target]): [string, () => ManagedUsageLimiter] => [`redis ${name}`, () => redisLimiter(undefined, target())]),
   ["memory", () => new MemoryUsageLimiter()],
 ];
 
@@ -143,11 +162,18 @@ describe.each(limiters)("usage limits (%s)", (_name, make) => {
   });
 });
 
-describe("RedisUsageLimiter: credit ledger and failures", () => {
-  const redis = new Redis(REDIS_URL);
+describe.each(topologies)("RedisUsageLimiter on %s: credit ledger", (_name, topology) => {
+  let target: RedisTarget;
+  let redis: RedisClient;
+  const redisLimiter = (ledger: CreditLedger) => new RedisUsageLimiter({ redis: target, ledger, flushIntervalMs: 3_600_000, logger: silent });
 
+  beforeAll(async () => {
+    target = topology();
+    redis = redisClient(target, "limiter");
+    await redis.connect();
+  });
   afterAll(() => {
-    redis.disconnect();
+    redis?.disconnect();
   });
 
   it("seeds a month's missing counter from the ledger, once for concurrent first uses", async () => {
@@ -271,9 +297,47 @@ describe("RedisUsageLimiter: credit ledger and failures", () => {
     }
   });
 
+  it("flushes the counters of keys on every master in one flush", async () => {
+    const ledger = new MemoryCreditLedger();
+    const keys = Array.from({ length: 60 }, () => keyWith({ monthlyCredits: 100 }));
+    const limiter = redisLimiter(ledger);
+    await limiter.start();
+    try {
+      await Promise.all(keys.map((key, i) => limiter.consume(key, 1 + (i % 7), T0)));
+      await limiter.flush();
+      expect(limiter.flushes).toBe(1);
+      expect(await Promise.all(keys.map((key) => ledger.load(key.id, "203101")))).toEqual(keys.map((_, i) => 1 + (i % 7)));
+    } finally {
+      await limiter.stop();
+    }
+  });
+
+  it("is exact across instances: limits and credits shared by three limiters", async () => {
+    const instances = [0, 1, 2].map(() => redisLimiter(new MemoryCreditLedger()));
+    await Promise.all(instances.map((l) => l.start()));
+    try {
+      const keys = Array.from({ length: 12 }, () => keyWith({ requestsPerMinute: 20, monthlyCredits: 30 }));
+      // 12 keys × 3 instances × 15 calls of cost 1: each key gets 45 calls for 20 requests a minute and 30 credits.
+      const outcomes = await Promise.all(
+        keys.flatMap((key) => instances.flatMap((l) => Array.from({ length: 15 }, () => l.consume(key, 1, T0).then((o) => ({ key, o }))))),
+      );
+      for (const key of keys) {
+        const mine = outcomes.filter((x) => x.key === key).map((x) => x.o);
+        expect(mine.filter((o) => o.verdict === "ok")).toHaveLength(20);
+        expect(new Set(mine.filter((o) => o.verdict === "ok").map((o) => o.remainingCredits)).size).toBe(20);
+      }
+      // Credits are shared too: 10 left for each key, whichever instance asks.
+      for (const [i, key] of keys.entries()) expect((await instances[i % 3].consume(key, 0, T0 + MINUTE)).remainingCredits).toBe(10n);
+    } finally {
+      await Promise.all(instances.map((l) => l.stop()));
+    }
+  });
+});
+
+describe("RedisUsageLimiter on a standalone server that goes down", () => {
   it("fails closed, fast, while Redis is down, and recovers when it is back", async () => {
     const server = await TestRedis.start();
-    const limiter = redisLimiter(new MemoryCreditLedger(), server.url);
+    const limiter = redisLimiter(new MemoryCreditLedger(), redisTarget({ REDIS_URL: server.url }));
     await limiter.start();
     try {
       const key = keyWith({ requestsPerMinute: 100, monthlyCredits: 100 });
