@@ -16,7 +16,7 @@ import { buildApp, openStore } from "../src/app.js";
 import { loadConfig } from "../src/config.js";
 import { ApiError, Status } from "../src/keys/errors.js";
 import { LAST_USED_CHUNK } from "../src/store/mysql-store.js";
-import type { Store } from "../src/store/store.js";
+import type { Store } from "../src/keys/ports.js";
 import { CallerAuth } from "../src/transport/auth.js";
 import type { ServiceBinding } from "../src/transport/bindings.js";
 import { addBinding, createGrpcServer, listenGrpc } from "../src/transport/grpc-server.js";

@@ -1,8 +1,9 @@
 // The only reader of process.env. Parses and validates everything once, with
 // defaults, and fails start-up with a message naming the variable at fault.
 import { availableParallelism } from "node:os";
+import { ConfigError } from "./config-error.js";
 import { isValidPrefix } from "./keys/key-format.js";
-import { DEFAULT_POLICY, type KeyPolicy, parsePolicy } from "./keys/policy.js";
+import { DEFAULT_POLICY, type KeyPolicy, parsePolicy, parseRoleAliases } from "./keys/policy.js";
 import type { RedisNode, RedisTarget } from "./redis/connections.js";
 import type { Access, CallerConfig } from "./transport/auth.js";
 import type { TlsConfig } from "./transport/tls.js";
@@ -43,8 +44,6 @@ export interface Config {
   /** Envoy ext_authz: the request header (lower case) that names the required scopes; "" = none (see src/envoy/ext-authz.ts). */
   extAuthzScopesHeader: string;
 }
-
-export class ConfigError extends Error {}
 
 const DEV_PEPPER = "dev-mode-pepper-not-a-secret";
 
@@ -256,7 +255,7 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
   if (!isValidPrefix(defaultPrefix)) throw new ConfigError("DEFAULT_KEY_PREFIX must match [a-z][a-z0-9_]{0,15}");
   let policy: KeyPolicy;
   try {
-    policy = parsePolicy(env.KEY_POLICY || DEFAULT_POLICY);
+    policy = parsePolicy(env.KEY_POLICY || DEFAULT_POLICY, parseRoleAliases(env.ROLE_ALIASES ?? ""));
   } catch (err) {
     throw new ConfigError((err as Error).message);
   }

@@ -1,7 +1,8 @@
 // Entry point: `npm run dev` (--dev), `npm start`, `npm run migrate` (--migrate).
 import { create } from "@bufbuild/protobuf";
 import { type App, buildApp, openStore } from "./app.js";
-import { ConfigError, loadConfig } from "./config.js";
+import { ConfigError } from "./config-error.js";
+import { loadConfig } from "./config.js";
 import { createLogger } from "./logger.js";
 import { isWorker, supervise, workerServing } from "./workers.js";
 import { CreateKeyRequestSchema, Role } from "../gen/apikeys/v1/apikeys_pb.js";

@@ -24,7 +24,7 @@
 // UNAVAILABLE: the change is stored, but the caller must retry to be sure
 // every instance saw it.
 import { ApiError, Status } from "../keys/errors.js";
-import type { Invalidation, Invalidator } from "../keys/invalidation.js";
+import type { Invalidation, Invalidator } from "../keys/ports.js";
 import { randomBase62 } from "../keys/key-format.js";
 import type { VerifyCache } from "../keys/verify-cache.js";
 import type { Logger } from "../logger.js";

@@ -25,12 +25,12 @@ import {
   type UpdateKeyResponse,
   UpdateKeyResponseSchema,
 } from "../../gen/apikeys/v1/apikeys_pb.js";
-import type { KeyPatch, Store } from "../store/store.js";
+import type { KeyPatch, Store } from "./ports.js";
 import { auditEvent } from "./audit.js";
 import type { CallContext } from "./call-context.js";
 import { ApiError, Status, invalidArgument, keyNotFound } from "./errors.js";
 import type { SecretHasher } from "./hashing.js";
-import type { Invalidator } from "./invalidation.js";
+import type { Invalidator } from "./ports.js";
 import { generateSecret, newKeyId, previewOf } from "./key-format.js";
 import { toApiKey } from "./mapping.js";
 import { decodePageToken, encodePageToken } from "./page-token.js";
@@ -210,13 +210,13 @@ export class KeyService {
     const key = await this.findKey(orgId, keyId);
     requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "updating a key");
     if (key.revokeTime !== null) throw keyRevoked(keyId, "updated");
-    const updated = await this.store.updateKey(
-      orgId,
+    const updated = await this.store.updateKey({
+      organizationId: orgId,
       keyId,
       patch,
       now,
-      auditEvent(call, actor, orgId, "key.update", now, keyId, { fields: paths.join(",") }),
-    );
+      audit: auditEvent(call, actor, orgId, "key.update", now, keyId, { fields: paths.join(",") }),
+    });
     if (!updated) throw await this.notChanged(orgId, keyId, "updated");
     await this.invalidator.invalidate({ kind: "keys", keyIds: [keyId] });
     return create(UpdateKeyResponseSchema, { key: toApiKey(updated, now) });
@@ -233,13 +233,13 @@ export class KeyService {
     requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "rotating a key");
     if (key.revokeTime !== null) throw keyRevoked(keyId, "rotated");
     const secret = generateSecret(key.prefix);
-    const rotated = await this.store.rotateKey(
-      orgId,
+    const rotated = await this.store.rotateKey({
+      organizationId: orgId,
       keyId,
-      { newHash: this.hasher.hash(secret), newPreview: previewOf(secret), oldSecretExpireTime: now + grace },
+      rotation: { newHash: this.hasher.hash(secret), newPreview: previewOf(secret), oldSecretExpireTime: now + grace },
       now,
-      auditEvent(call, actor, orgId, "key.rotate", now, keyId, { grace_seconds: String(Math.floor(grace / 1000)) }),
-    );
+      audit: auditEvent(call, actor, orgId, "key.rotate", now, keyId, { grace_seconds: String(Math.floor(grace / 1000)) }),
+    });
     if (!rotated) throw await this.notChanged(orgId, keyId, "rotated");
     await this.invalidator.invalidate({ kind: "keys", keyIds: [keyId] });
     return create(RotateKeyResponseSchema, { key: toApiKey(rotated, now), secret });
@@ -253,18 +253,18 @@ export class KeyService {
     const reason = checkText("reason", req.reason, LIMITS.reasonLength);
     // The policy goes to the store, which makes it a condition of its write: one round trip, and no window
     // between the check and the write.
-    const result = await this.store.revokeKey(
-      orgId,
+    const result = await this.store.revokeKey({
+      organizationId: orgId,
       keyId,
-      actor.userId,
+      revokedBy: actor.userId,
       reason,
       now,
-      auditEvent(call, actor, orgId, "key.revoke", now, keyId, reason ? { reason } : {}),
-      {
+      audit: auditEvent(call, actor, orgId, "key.revoke", now, keyId, reason ? { reason } : {}),
+      permission: {
         revocable: revocable(this.policy, actor.userId, actor.role),
         check: (key) => requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "revoking a key"),
       },
-    );
+    });
     if (!result) throw keyNotFound(keyId);
     // Also on a repeated revoke: the first call may have failed after its write, before its broadcast.
     await this.invalidator.invalidate({ kind: "keys", keyIds: [keyId] });
@@ -278,14 +278,14 @@ export class KeyService {
     const createdBy = requireId("created_by", req.createdBy);
     const reason = checkText("reason", req.reason, LIMITS.reasonLength);
     requireMayChange(this.policy, actor.userId, actor.role, createdBy, "revoking keys");
-    const changed = await this.store.revokeKeysCreatedBy(
-      orgId,
+    const changed = await this.store.revokeKeysCreatedBy({
+      organizationId: orgId,
       createdBy,
-      actor.userId,
+      revokedBy: actor.userId,
       reason,
       now,
-      auditEvent(call, actor, orgId, "key.revoke_all", now, "", { created_by: createdBy, ...(reason ? { reason } : {}) }),
-    );
+      audit: auditEvent(call, actor, orgId, "key.revoke_all", now, "", { created_by: createdBy, ...(reason ? { reason } : {}) }),
+    });
     if (changed.keyIds.length > 0) await this.invalidator.invalidate({ kind: "keys", keyIds: changed.keyIds });
     return create(RevokeKeysResponseSchema, { revokedCount: changed.keyIds.length });
   }

@@ -1,6 +1,6 @@
 // Last-used times are collected in memory and written in one batch per
 // interval, so a verification never waits for (or causes) a database write.
-import type { Store } from "../store/store.js";
+import type { Store } from "./ports.js";
 
 export class LastUsedTracker {
   private pending = new Map<string, number>();

@@ -6,7 +6,6 @@ import {
   ApiKeySchema,
   type AuditEvent,
   AuditEventSchema,
-  KeyState,
   type Limits,
   LimitsSchema,
   type Member,
@@ -18,16 +17,10 @@ import {
   Role,
 } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { AuditRecord, KeyRecord, LimitsRecord, MemberRecord, OrganizationRecord, VerifyRecord } from "./records.js";
+import { keyState } from "./verification.js";
 
 function ts(ms: number | null): Timestamp | undefined {
   return ms === null ? undefined : timestampFromMs(ms);
-}
-
-/** ACTIVE, REVOKED, or EXPIRED when past expire_time at `now`. */
-export function keyState(key: KeyRecord, now: number): KeyState {
-  if (key.revokeTime !== null) return KeyState.REVOKED;
-  if (key.expireTime !== null && now >= key.expireTime) return KeyState.EXPIRED;
-  return KeyState.ACTIVE;
 }
 
 export function toLimits(limits: LimitsRecord | null): Limits | undefined {
@@ -49,7 +42,7 @@ export function toApiKey(key: KeyRecord, now: number): ApiKey {
     preview: key.preview,
     scopes: key.scopes,
     createdBy: key.createdBy,
-    state: keyState(key, now),
+    state: keyState(key.revokeTime, key.expireTime, now),
     createTime: ts(key.createTime),
     updateTime: ts(key.updateTime),
     expireTime: ts(key.expireTime),

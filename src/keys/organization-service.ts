@@ -17,10 +17,10 @@ import {
   type SetMemberRoleResponse,
   SetMemberRoleResponseSchema,
 } from "../../gen/apikeys/v1/apikeys_pb.js";
-import type { Store } from "../store/store.js";
+import type { Store } from "./ports.js";
 import { auditEvent } from "./audit.js";
 import type { CallContext } from "./call-context.js";
-import type { Invalidator } from "./invalidation.js";
+import type { Invalidator } from "./ports.js";
 import { toAuditEvent, toMember, toOrganization } from "./mapping.js";
 import { decodePageToken, encodePageToken } from "./page-token.js";
 import { type KeyPolicy, requireRole, roleName } from "./policy.js";
@@ -52,13 +52,13 @@ export class OrganizationService {
     const userId = requireId("user_id", req.userId);
     const role = requireRoleValue("role", req.role);
     const actor = optionalActor(req.actor);
-    const member = await this.store.setMemberRole(
-      orgId,
+    const member = await this.store.setMemberRole({
+      organizationId: orgId,
       userId,
       role,
       now,
-      auditEvent(call, actor, orgId, "member.set_role", now, "", { user_id: userId, role: roleName(role) }),
-    );
+      audit: auditEvent(call, actor, orgId, "member.set_role", now, "", { user_id: userId, role: roleName(role) }),
+    });
     await this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId });
     return create(SetMemberRoleResponseSchema, { member: toMember(member) });
   }
@@ -68,13 +68,13 @@ export class OrganizationService {
     const orgId = requireId("organization_id", req.organizationId);
     const userId = requireId("user_id", req.userId);
     const actor = optionalActor(req.actor);
-    const changed = await this.store.removeMember(
-      orgId,
+    const changed = await this.store.removeMember({
+      organizationId: orgId,
       userId,
-      req.revokeKeys,
+      revokeKeys: req.revokeKeys,
       now,
-      auditEvent(call, actor, orgId, "member.remove", now, "", { user_id: userId, revoke_keys: String(req.revokeKeys) }),
-    );
+      audit: auditEvent(call, actor, orgId, "member.remove", now, "", { user_id: userId, revoke_keys: String(req.revokeKeys) }),
+    });
     await this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId });
     return create(RemoveMemberResponseSchema, { revokedCount: changed.keyIds.length });
   }
@@ -83,12 +83,12 @@ export class OrganizationService {
     const now = this.now();
     const orgId = requireId("organization_id", req.organizationId);
     const actor = optionalActor(req.actor);
-    const org = await this.store.setApiAccess(
-      orgId,
-      req.enabled,
+    const org = await this.store.setApiAccess({
+      organizationId: orgId,
+      enabled: req.enabled,
       now,
-      auditEvent(call, actor, orgId, req.enabled ? "org.enable_api" : "org.disable_api", now),
-    );
+      audit: auditEvent(call, actor, orgId, req.enabled ? "org.enable_api" : "org.disable_api", now),
+    });
     await this.invalidator.invalidate({ kind: "org", organizationId: orgId });
     return create(SetApiAccessResponseSchema, { organization: toOrganization(org) });
   }
@@ -100,7 +100,7 @@ export class OrganizationService {
     const pageSize = checkPageSize(req.pageSize);
     const filters = ["audit", orgId];
     const after = decodePageToken(req.pageToken, filters);
-    const page = await this.store.listAuditEvents(orgId, after, pageSize);
+    const page = await this.store.listAuditEvents({ organizationId: orgId, after, limit: pageSize });
     return create(ListAuditEventsResponseSchema, {
       events: page.items.map(toAuditEvent),
       nextPageToken: encodePageToken(page.next, filters),

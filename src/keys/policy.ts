@@ -10,15 +10,31 @@ const RULES: PolicyRule[] = ["create", "view_all", "revoke_any", "revoke_own"];
 const ROLE_NAMES: Record<string, Role> = {
   viewer: Role.VIEWER,
   member: Role.MEMBER,
-  builder: Role.MEMBER, // Keystroke's name for a member
   admin: Role.ADMIN,
   owner: Role.OWNER,
 };
 
+/** A product's own names for the roles (ROLE_ALIASES, e.g. "builder=member"), by lower-case name. */
+export type RoleAliases = Readonly<Record<string, Role>>;
+
+/** Parses "builder=member,…": each alias names one of viewer, member, admin, owner. */
+export function parseRoleAliases(text: string): RoleAliases {
+  const aliases: Record<string, Role> = {};
+  for (const part of text.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const pair = part.split("=").map((s) => s.trim().toLowerCase());
+    if (pair.length !== 2 || !/^[a-z][a-z0-9_-]*$/.test(pair[0])) throw new Error(`ROLE_ALIASES: "${part}" is not alias=role (e.g. builder=member)`);
+    const [alias, role] = pair;
+    if (Object.hasOwn(ROLE_NAMES, alias)) throw new Error(`ROLE_ALIASES: "${alias}" is already a role`);
+    if (!Object.hasOwn(ROLE_NAMES, role)) throw new Error(`ROLE_ALIASES: unknown role "${role}" for ${alias} (expected viewer, member, admin or owner)`);
+    aliases[alias] = ROLE_NAMES[role];
+  }
+  return aliases;
+}
+
 export const DEFAULT_POLICY = "create=member,view_all=admin,revoke_any=admin,revoke_own=member";
 
-/** Parses "create=member,view_all=admin,…"; rules not named keep their defaults. */
-export function parsePolicy(text: string): KeyPolicy {
+/** Parses "create=member,view_all=admin,…"; rules not named keep their defaults. Roles may be named by their aliases. */
+export function parsePolicy(text: string, aliases: RoleAliases = {}): KeyPolicy {
   const policy: KeyPolicy = {
     create: Role.MEMBER,
     view_all: Role.ADMIN,
@@ -33,12 +49,18 @@ export function parsePolicy(text: string): KeyPolicy {
       throw new Error(`KEY_POLICY: unknown rule "${rule}" (expected one of ${RULES.join(", ")})`);
     }
     // Own properties only: "toString" or "constructor" are not roles.
-    if (!Object.hasOwn(ROLE_NAMES, role)) {
-      throw new Error(`KEY_POLICY: unknown role "${role}" for ${rule} (expected viewer, member, admin or owner)`);
+    const names = Object.hasOwn(ROLE_NAMES, role) ? ROLE_NAMES : Object.hasOwn(aliases, role) ? aliases : null;
+    if (names === null) {
+      throw new Error(`KEY_POLICY: unknown role "${role}" for ${rule} (expected viewer, member, admin or owner${aliasList(aliases)})`);
     }
-    policy[rule as PolicyRule] = ROLE_NAMES[role];
+    policy[rule as PolicyRule] = names[role];
   }
   return policy;
+}
+
+function aliasList(aliases: RoleAliases): string {
+  const names = Object.keys(aliases);
+  return names.length === 0 ? "" : `, or an alias: ${names.join(", ")}`;
 }
 
 export function roleName(role: Role): string {

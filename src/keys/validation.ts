@@ -9,6 +9,7 @@ import { type Actor, type Limits, Role } from "../../gen/apikeys/v1/apikeys_pb.j
 import { invalidArgument } from "./errors.js";
 import { containsSecret, isValidPrefix } from "./key-format.js";
 import { type LimitsRecord, normalizeLimits } from "./records.js";
+import { isScope } from "./verification.js";
 
 export const LIMITS = {
   idLength: 128,
@@ -32,8 +33,6 @@ export const LIMITS = {
 
 // Ids are opaque to us but must be printable and bounded.
 const ID_PATTERN = /^[A-Za-z0-9._:@|\/+=-]+$/;
-// "documents:read", "documents:*", "*", "org/projects.write"…
-const SCOPE_PATTERN = /^(\*|[A-Za-z0-9_.\/-]+(:[A-Za-z0-9_.\/-]+)*(:\*)?)$/;
 
 export function requireId(field: string, value: string): string {
   if (value === "") throw invalidArgument(field, "is required");
@@ -85,15 +84,21 @@ export function checkPrefix(prefix: string): string {
   return prefix;
 }
 
-/** Validates and de-duplicates scopes, keeping their order. */
-export function checkScopes(field: string, scopes: readonly string[]): string[] {
+/** How many scopes, and how long each: all a scope list a call asks for must satisfy (VerifyKey's required_scopes). */
+export function checkScopeBounds(field: string, scopes: readonly string[]): void {
   if (scopes.length > LIMITS.scopes) throw invalidArgument(field, `at most ${LIMITS.scopes} scopes`);
+  for (let i = 0; i < scopes.length; i++) {
+    const len = scopes[i].length;
+    if (len === 0 || len > LIMITS.scopeLength) throw invalidArgument(field, `each scope must be 1 to ${LIMITS.scopeLength} characters`);
+  }
+}
+
+/** Validates and de-duplicates the scopes a key is given, keeping their order (syntax: verification.ts). */
+export function checkScopes(field: string, scopes: readonly string[]): string[] {
+  checkScopeBounds(field, scopes);
   for (const s of scopes) {
-    if (s.length === 0 || s.length > LIMITS.scopeLength) {
-      throw invalidArgument(field, `each scope must be 1 to ${LIMITS.scopeLength} characters`);
-    }
     refuseSecret(field, s);
-    if (!SCOPE_PATTERN.test(s)) {
+    if (!isScope(s)) {
       throw invalidArgument(field, `"${s}" is not a scope (e.g. "documents:read", "documents:*")`);
     }
   }

@@ -8,15 +8,16 @@ import {
   VerifyKeyResponseSchema,
   VerifyCode,
 } from "../../gen/apikeys/v1/apikeys_pb.js";
-import type { UsageLimiter, UsageOutcome, UsageVerdict } from "../limits/usage-limiter.js";
-import type { Store } from "../store/store.js";
+import { recode, withUsage } from "./answer.js";
 import { ApiError, invalidArgument, unavailable } from "./errors.js";
 import type { SecretHasher } from "./hashing.js";
 import { isWellFormed } from "./key-format.js";
 import type { LastUsedTracker } from "./last-used.js";
+import type { Store, UsageLimiter, UsageOutcome } from "./ports.js";
 import type { VerifyRecord } from "./records.js";
-import { LIMITS } from "./validation.js";
-import { type CacheValue, type ScopeRules, UNKNOWN, type VerifyCache, type VerifyEntry, buildEntry, isKnown, recode, withUsage } from "./verify-cache.js";
+import { LIMITS, checkScopeBounds } from "./validation.js";
+import { usageCode, verdict } from "./verification.js";
+import { type CacheValue, UNKNOWN, type VerifyCache, type VerifyEntry, buildEntry, isKnown } from "./verify-cache.js";
 
 export interface VerifierOptions {
   store: Store;
@@ -36,12 +37,6 @@ export class VerifyStats {
   /** Secrets moved from the previous pepper's hash to the current one (pepper rotation). */
   rehashed = 0;
 }
-
-const USAGE_CODES: Record<UsageVerdict, VerifyCode> = {
-  ok: VerifyCode.VALID,
-  rate_limited: VerifyCode.RATE_LIMITED,
-  usage_exceeded: VerifyCode.USAGE_EXCEEDED,
-};
 
 // Frozen: shared by every caller, encoded once by the gRPC transport.
 const NOT_FOUND: VerifyKeyResponse = Object.freeze(create(VerifyKeyResponseSchema, { valid: false, code: VerifyCode.NOT_FOUND }));
@@ -68,14 +63,7 @@ export class Verifier {
     const key = req.key;
     if (key.length === 0) throw invalidArgument("key", "is required");
     if (key.length > LIMITS.keyLength) throw invalidArgument("key", `must be at most ${LIMITS.keyLength} characters`);
-    const required = req.requiredScopes;
-    if (required.length > LIMITS.scopes) throw invalidArgument("required_scopes", `at most ${LIMITS.scopes} scopes`);
-    for (let i = 0; i < required.length; i++) {
-      const len = required[i].length;
-      if (len === 0 || len > LIMITS.scopeLength) {
-        throw invalidArgument("required_scopes", `each scope must be 1 to ${LIMITS.scopeLength} characters`);
-      }
-    }
+    checkScopeBounds("required_scopes", req.requiredScopes);
     const cache = this.cache;
     if (cache === null) return this.malformed(key) ?? this.load(null, req);
     // The cache first: only well-formed keys are ever cached, so a hit needs no
@@ -132,11 +120,12 @@ export class Verifier {
       this.stats.byCode[VerifyCode.NOT_FOUND]++;
       return NOT_FOUND;
     }
-    const code = this.decide(entry, req, now);
+    // The entry's answer carries the key's state as of load (see verification.ts).
+    const code = verdict(entry.answer.code, entry.expireTime, entry.scopes, req.requiredScopes, now);
     // Usage limits apply only to keys that are otherwise valid, and cost keys without limits nothing.
     if (code === VerifyCode.VALID && entry.limited !== null && this.limiter !== null) {
       return this.limiter.consume(entry.limited, req.cost, now).then(
-        (usage) => this.respond(entry, USAGE_CODES[usage.verdict], now, usage),
+        (usage) => this.respond(entry, usageCode(usage.verdict), now, usage),
         (err) => {
           throw err instanceof ApiError ? err : unavailable("redis", err);
         },
@@ -161,27 +150,4 @@ export class Verifier {
     return (entry.other = recode(answer, code));
   }
 
-  private decide(entry: VerifyEntry, req: VerifyKeyRequest, now: number): VerifyCode {
-    // The answer's code is the state as of load: REVOKED, DISABLED or VALID.
-    const code = entry.answer.code;
-    if (code === VerifyCode.REVOKED) return code;
-    if (entry.expireTime !== null && now >= entry.expireTime) return VerifyCode.EXPIRED;
-    if (code === VerifyCode.DISABLED) return code;
-    const scopes = entry.scopes;
-    if (!scopes.all) {
-      const required = req.requiredScopes;
-      for (let i = 0; i < required.length; i++) {
-        if (!grants(scopes, required[i])) return VerifyCode.INSUFFICIENT_SCOPE;
-      }
-    }
-    return VerifyCode.VALID;
-  }
-}
-
-function grants(scopes: ScopeRules, scope: string): boolean {
-  // A key has a handful of scopes: a scan beats a Set, and costs no Set per scope list.
-  if (scopes.exact.includes(scope)) return true;
-  const wildcards = scopes.wildcards;
-  for (let i = 0; i < wildcards.length; i++) if (scope.startsWith(wildcards[i])) return true;
-  return false;
 }

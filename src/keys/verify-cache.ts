@@ -1,11 +1,11 @@
 // The in-process verification cache: a secret's cache key (a SHA-256 of it,
-// SecretHasher.cacheKey) → what VerifyKey needs, prepared once. An entry keeps
-// only the few facts verification decides on and its answer already encoded,
-// the bytes the gRPC transport sends; the ApiKey and Principal messages are
-// not kept (at 100k cached keys they were most of the process's heap) and are
-// decoded from those bytes only when something reads them (the Connect
-// transport, ext_authz). Negative entries remember unknown hashes so floods of
-// well-formed but unknown keys do not reach the database.
+// SecretHasher.cacheKey) → what VerifyKey needs, prepared once. Only the
+// cache: entries, their bounds and indexes, and the trust lease. The rules
+// live in verification.ts, the encoded answer in answer.ts. An entry keeps
+// only the few facts verification decides on and its answer already encoded;
+// the ApiKey and Principal messages are not kept (at 100k cached keys they
+// were most of the process's heap). Negative entries remember unknown hashes
+// so floods of well-formed but unknown keys do not reach the database.
 //
 // Correctness rules:
 // - Every invalidation bumps `generation`; a database load that started before
@@ -14,117 +14,11 @@
 //   instance trusts it forever; with the Redis broadcast, trust is a lease the
 //   instance renews by receiving its own pings through Redis, so an instance
 //   that might be missing invalidations stops using its cache by itself.
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { LRUCache } from "lru-cache";
-import {
-  type ApiKey,
-  KeyState,
-  type Principal,
-  type RateLimitState,
-  VerifyCode,
-  type VerifyKeyResponse,
-  VerifyKeyResponseSchema,
-} from "../../gen/apikeys/v1/apikeys_pb.js";
-import type { LimitedKey } from "../limits/usage-limiter.js";
-import type { Invalidation } from "./invalidation.js";
-import { toApiKey, toPrincipal } from "./mapping.js";
+import { AnswerSlabs, type EncodedVerifyKeyResponse, encodeAnswer } from "./answer.js";
+import type { Invalidation, LimitedKey } from "./ports.js";
 import type { VerifyRecord } from "./records.js";
-
-/**
- * Where an EncodedVerifyKeyResponse keeps its encoding: the gRPC transport
- * sends these bytes as they are (see src/transport/grpc-server.ts).
- */
-export const ENCODING = Symbol("encoding");
-
-/**
- * A VerifyKeyResponse held as its binary encoding. It reads as the message it
- * encodes, so the Connect transport and ext_authz use it like any other
- * (valid and code are fields; key and principal are decoded when read, the
- * last decoding remembered), and the gRPC transport sends its bytes without
- * encoding anything. Immutable: cached answers are shared by every caller.
- * Only where its bytes are kept may change (see AnswerSlabs), never what they say.
- */
-export class EncodedVerifyKeyResponse {
-  // On the prototype (below): one field less per cached key.
-  declare readonly $typeName: VerifyKeyResponse["$typeName"];
-  // Own accessor properties (see DECODED_FIELDS): protobuf-es tells whether a
-  // message field is set by an own property, so prototype getters would read as unset.
-  declare readonly key: ApiKey | undefined;
-  declare readonly principal: Principal | undefined;
-  readonly code: VerifyCode;
-  [ENCODING]: Buffer;
-
-  constructor(code: VerifyCode, encoding: Buffer) {
-    this.code = code;
-    this[ENCODING] = encoding;
-    // The same accessor functions on every instance: V8 keeps them in the shared hidden class, not per object.
-    Object.defineProperties(this, DECODED_FIELDS);
-  }
-
-  get valid(): boolean {
-    return this.code === VerifyCode.VALID;
-  }
-}
-Object.defineProperty(EncodedVerifyKeyResponse.prototype, "$typeName", { value: VerifyKeyResponseSchema.typeName });
-
-/** An answer with usage data (built per call, never cached). */
-class UsageResponse extends EncodedVerifyKeyResponse {
-  readonly remainingCredits: bigint | undefined;
-  readonly rateLimit: RateLimitState | undefined;
-
-  constructor(code: VerifyCode, encoding: Buffer, remainingCredits: bigint | undefined, rateLimit: RateLimitState | undefined) {
-    super(code, encoding);
-    this.remainingCredits = remainingCredits;
-    this.rateLimit = rateLimit;
-  }
-}
-
-// The latest decodings, oldest first: ext_authz reads key and principal of
-// every answer it allows, mostly of a few busy keys. Bounded, unlike keeping
-// them with each answer (which is what cached keys no longer do). Decoded
-// messages are frozen, as they are shared.
-const DECODED_MAX = 128;
-const decodings = new Map<EncodedVerifyKeyResponse, VerifyKeyResponse>();
-
-function decoded(answer: EncodedVerifyKeyResponse): VerifyKeyResponse {
-  let message = decodings.get(answer);
-  if (message === undefined) {
-    message = fromBinary(VerifyKeyResponseSchema, answer[ENCODING]);
-    if (message.key !== undefined) Object.freeze(message.key);
-    if (message.principal !== undefined) Object.freeze(message.principal);
-    if (decodings.size >= DECODED_MAX) decodings.delete(decodings.keys().next().value!);
-    decodings.set(answer, message);
-  }
-  return message;
-}
-
-const DECODED_FIELDS: PropertyDescriptorMap = {
-  key: {
-    enumerable: true,
-    get(this: EncodedVerifyKeyResponse) {
-      return decoded(this).key;
-    },
-  },
-  principal: {
-    enumerable: true,
-    get(this: EncodedVerifyKeyResponse) {
-      return decoded(this).principal;
-    },
-  },
-};
-
-/** An answer over toBinary's result (an exact-size ArrayBuffer of its own), without a copy. */
-function encoded(code: VerifyCode, encoding: Uint8Array): EncodedVerifyKeyResponse {
-  return new EncodedVerifyKeyResponse(code, Buffer.from(encoding.buffer, encoding.byteOffset, encoding.byteLength));
-}
-
-/** The scope rules of a key, shared by every entry with the same scopes. */
-export interface ScopeRules {
-  /** Exact scopes, and prefixes of "x:*" wildcards; all when the key has no scopes or "*". */
-  readonly exact: readonly string[];
-  readonly wildcards: readonly string[];
-  readonly all: boolean;
-}
+import { type ScopeRules, expiryOf, scopeRules, stateAtLoad } from "./verification.js";
 
 /**
  * A cached key: the few facts verification decides on, and its answer. The
@@ -170,79 +64,16 @@ export interface VerifyCacheOptions {
 
 export function buildEntry(record: VerifyRecord, now: number): VerifyEntry {
   const key = record.key;
-  const code =
-    key.revokeTime !== null ? VerifyCode.REVOKED : !record.orgEnabled || record.memberRole === null ? VerifyCode.DISABLED : VerifyCode.VALID;
-  const response = create(VerifyKeyResponseSchema, {
-    valid: code === VerifyCode.VALID,
-    code,
-    key: toApiKey(key, now),
-    principal: toPrincipal(record),
-  });
-  const secretExpireTime = record.secretExpireTime;
-  const expireTime = key.expireTime === null ? secretExpireTime : secretExpireTime === null ? key.expireTime : Math.min(key.expireTime, secretExpireTime);
   return {
     keyId: key.id,
     organizationId: shared(key.organizationId),
     createdBy: shared(key.createdBy),
-    expireTime,
+    expireTime: expiryOf(record),
     limited: key.limits === null ? null : { id: key.id, limits: key.limits },
-    scopes: scopeRules(key.scopes),
-    answer: encoded(code, toBinary(VerifyKeyResponseSchema, response)),
+    scopes: sharedScopeRules(key.scopes),
+    answer: encodeAnswer(record, stateAtLoad(record), now),
     other: null,
   };
-}
-
-/**
- * The answer of a cached key for another code than its own (EXPIRED,
- * INSUFFICIENT_SCOPE): its own answer with the code changed, and the key's
- * state EXPIRED when that is the code.
- */
-export function recode(answer: EncodedVerifyKeyResponse, code: VerifyCode): EncodedVerifyKeyResponse {
-  const response = fromBinary(VerifyKeyResponseSchema, answer[ENCODING]);
-  response.valid = code === VerifyCode.VALID;
-  response.code = code;
-  if (code === VerifyCode.EXPIRED && response.key !== undefined && response.key.state === KeyState.ACTIVE) {
-    response.key.state = KeyState.EXPIRED;
-  }
-  return encoded(code, toBinary(VerifyKeyResponseSchema, response));
-}
-
-/** The encodings of `valid` and `code` alone, by code. */
-const heads: Uint8Array[] = [];
-
-/**
- * A VALID answer's key and principal with `code` and usage data. Built from
- * bytes: fields are encoded in field-number order, so the answer's head
- * (valid, code), its key and principal, and the usage fields concatenate to
- * exactly what encoding the whole message gives.
- */
-export function withUsage(
-  answer: EncodedVerifyKeyResponse,
-  code: VerifyCode,
-  remainingCredits: bigint | undefined,
-  rateLimit: RateLimitState | undefined,
-): EncodedVerifyKeyResponse {
-  if (answer.code !== VerifyCode.VALID) throw new Error(`usage data on a ${VerifyCode[answer.code]} answer`);
-  const head = (heads[code] ??= toBinary(VerifyKeyResponseSchema, create(VerifyKeyResponseSchema, { valid: code === VerifyCode.VALID, code })));
-  const usage = create(VerifyKeyResponseSchema, { remainingCredits, rateLimit });
-  const tail = toBinary(VerifyKeyResponseSchema, usage);
-  const body = answer[ENCODING];
-  const from = bodyStart(body);
-  const bytes = Buffer.allocUnsafe(head.length + body.length - from + tail.length);
-  bytes.set(head, 0);
-  body.copy(bytes, head.length, from);
-  bytes.set(tail, head.length + body.length - from);
-  return new UsageResponse(code, bytes, usage.remainingCredits, usage.rateLimit);
-}
-
-/** Where an encoded VerifyKeyResponse's fields after `valid` (1) and `code` (2), both varints, begin. */
-function bodyStart(bytes: Uint8Array): number {
-  let i = 0;
-  while (i < bytes.length && (bytes[i] === 0x08 || bytes[i] === 0x10)) {
-    i++;
-    while (bytes[i++] & 0x80);
-  }
-  return i;
 }
 
 // Equal strings and scope lists held once, not once per entry: a creator's
@@ -252,7 +83,6 @@ function bodyStart(bytes: Uint8Array): number {
 const SHARED_MAX = 50_000;
 const sharedStrings = new Map<string, string>();
 const sharedScopes = new Map<string, ScopeRules>();
-const ALL_SCOPES: ScopeRules = Object.freeze({ exact: Object.freeze([]), wildcards: Object.freeze([]), all: true });
 
 function shared(s: string): string {
   const held = sharedStrings.get(s);
@@ -262,102 +92,15 @@ function shared(s: string): string {
   return s;
 }
 
-function scopeRules(scopes: readonly string[]): ScopeRules {
-  if (scopes.length === 0) return ALL_SCOPES;
+function sharedScopeRules(scopes: readonly string[]): ScopeRules {
+  if (scopes.length === 0) return scopeRules(scopes);
   const id = scopes.length === 1 ? scopes[0] : JSON.stringify(scopes);
   const held = sharedScopes.get(id);
   if (held !== undefined) return held;
-  const exact: string[] = [];
-  const wildcards: string[] = [];
-  let all = false;
-  for (const s of scopes) {
-    if (s === "*") all = true;
-    else if (s.endsWith(":*")) wildcards.push(s.slice(0, -1)); // "documents:*" → "documents:"
-    else exact.push(s);
-  }
-  const rules = all ? ALL_SCOPES : Object.freeze({ exact: Object.freeze(exact), wildcards: Object.freeze(wildcards), all });
+  const rules = scopeRules(scopes);
   if (sharedScopes.size >= SHARED_MAX) sharedScopes.clear();
   sharedScopes.set(id, rules);
   return rules;
-}
-
-/** Bytes per slab of AnswerSlabs; answers larger than SLAB_MAX_ANSWER keep a buffer of their own. */
-const SLAB_BYTES = 16 * 1024;
-const SLAB_MAX_ANSWER = 1024;
-
-interface Slab {
-  readonly bytes: Buffer;
-  /** Bytes written; only the slab being filled grows. */
-  used: number;
-  /** Bytes of the answers below: those of cached entries. */
-  live: number;
-  answers: EncodedVerifyKeyResponse[];
-}
-
-/**
- * Where the answers of cached entries keep their bytes: slabs of 16 KB
- * shared by about 90 answers. An ArrayBuffer of its own costs an answer some
- * 300 bytes of heap and malloc on top of its ~180 bytes. A slab is freed when
- * no answer points into it; so that a few long-lived answers cannot pin
- * mostly empty slabs, a slab with less than half of its bytes live is
- * emptied: its remaining answers are copied to the slab being filled. Slabs
- * thus hold at most twice the live answers' bytes, plus the one being filled.
- * Whoever still holds an answer's previous bytes keeps a valid copy (bytes are
- * never rewritten), so moving needs no coordination with callers.
- */
-class AnswerSlabs {
-  private current: Slab | null = null;
-  private readonly slabs = new Map<ArrayBufferLike, Slab>();
-
-  /** Moves an answer's bytes into a slab, unless it is too large or already there. */
-  adopt(answer: EncodedVerifyKeyResponse): void {
-    const bytes = answer[ENCODING];
-    if (bytes.length <= SLAB_MAX_ANSWER && !this.slabs.has(bytes.buffer)) this.put(answer, bytes);
-  }
-
-  /** The answer's entry left the cache. */
-  release(answer: EncodedVerifyKeyResponse): void {
-    const bytes = answer[ENCODING];
-    const slab = this.slabs.get(bytes.buffer);
-    if (slab === undefined) return;
-    const answers = slab.answers;
-    const i = answers.indexOf(answer);
-    if (i === -1) return;
-    const last = answers.pop()!;
-    if (i < answers.length) answers[i] = last;
-    slab.live -= bytes.length;
-    if (slab !== this.current) this.compact(slab);
-  }
-
-  private put(answer: EncodedVerifyKeyResponse, bytes: Uint8Array): void {
-    const slab = this.slabFor(bytes.length);
-    const view = slab.bytes.subarray(slab.used, slab.used + bytes.length);
-    view.set(bytes);
-    slab.used += bytes.length;
-    slab.live += bytes.length;
-    slab.answers.push(answer);
-    answer[ENCODING] = view;
-  }
-
-  private slabFor(length: number): Slab {
-    const full = this.current;
-    if (full !== null && full.used + length <= SLAB_BYTES) return full;
-    const slab: Slab = { bytes: Buffer.allocUnsafeSlow(SLAB_BYTES), used: 0, live: 0, answers: [] };
-    this.slabs.set(slab.bytes.buffer, slab);
-    this.current = slab;
-    // What the full slab still holds fits in the new one next to `length` bytes: less than half a slab, if anything moves.
-    if (full !== null) this.compact(full);
-    return slab;
-  }
-
-  /** Empties a slab that is no longer filled and less than half live. */
-  private compact(slab: Slab): void {
-    if (slab.live * 2 >= slab.used) return;
-    this.slabs.delete(slab.bytes.buffer);
-    const moving = slab.answers;
-    slab.answers = [];
-    for (const answer of moving) this.put(answer, answer[ENCODING]);
-  }
 }
 
 export class VerifyCache {

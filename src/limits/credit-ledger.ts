@@ -1,24 +1,11 @@
-// The durable side of monthly credits. Redis holds the live counters; the
-// ledger holds what each key had used per month as of the last flush, so that
-// a Redis that lost its data is re-seeded from here instead of handing out a
-// fresh month. A month's `used` only ever grows: saves keep the larger value.
+// The credit ledgers (the port: CreditLedger in src/keys/ports.ts). Redis
+// holds the live counters; the ledger holds what each key had used per month
+// as of the last flush, so that a Redis that lost its data is re-seeded from
+// here instead of handing out a fresh month. A month's `used` only ever grows:
+// saves keep the larger value.
 import type { RowDataPacket } from "mysql2/promise";
+import type { CreditLedger, CreditUsage } from "../keys/ports.js";
 import { type Queryable, TimedPool, createPool, guard } from "../store/mysql-pool.js";
-
-export interface CreditUsage {
-  keyId: string;
-  /** Calendar month (UTC), "YYYYMM". */
-  month: string;
-  used: number;
-}
-
-export interface CreditLedger {
-  /** Credits the key had used in the month as last saved; 0 when never saved. */
-  load(keyId: string, month: string): Promise<number>;
-  /** Saves the entries; a saved value never lowers what is stored. */
-  save(entries: readonly CreditUsage[]): Promise<void>;
-  close(): Promise<void>;
-}
 
 /** Rows per INSERT: keeps each statement well under max_allowed_packet. */
 const SAVE_CHUNK = 1000;

@@ -1,7 +1,7 @@
 // Usage limits for one process (dev mode): the same windows, checks and
 // all-or-nothing rule as the Redis limiter, with counters in a map. Nothing is
 // shared or persisted, which is right for a single in-memory instance.
-import type { LimitedKey, ManagedUsageLimiter, UsageOutcome } from "./usage-limiter.js";
+import type { LimitedKey, ManagedUsageLimiter, UsageOutcome } from "../keys/ports.js";
 import { DAY_MS, MINUTE_MS, MonthClock, usageOutcome } from "./windows.js";
 
 interface Counters {

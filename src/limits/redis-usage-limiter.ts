@@ -26,9 +26,8 @@
 import { unavailable } from "../keys/errors.js";
 import type { LimitsRecord } from "../keys/records.js";
 import type { Logger } from "../logger.js";
+import type { CreditLedger, CreditUsage, LimitedKey, ManagedUsageLimiter, UsageOutcome, UsageVerdict } from "../keys/ports.js";
 import { type RedisClient, type RedisTarget, redisClient } from "../redis/connections.js";
-import type { CreditLedger, CreditUsage } from "./credit-ledger.js";
-import type { LimitedKey, ManagedUsageLimiter, UsageOutcome, UsageVerdict } from "./usage-limiter.js";
 import { DAY_MS, MINUTE_MS, MonthClock, usageOutcome } from "./windows.js";
 
 const CREDITS_PREFIX = "apikeys:v1:cr:{";

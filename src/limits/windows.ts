@@ -6,7 +6,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { type RateLimitState, RateLimitStateSchema } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { LimitsRecord } from "../keys/records.js";
-import type { UsageOutcome, UsageVerdict } from "./usage-limiter.js";
+import type { UsageOutcome, UsageVerdict } from "../keys/ports.js";
 
 export const MINUTE_MS = 60_000;
 export const DAY_MS = 86_400_000;

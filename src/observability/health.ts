@@ -6,7 +6,7 @@
 import type * as grpc from "@grpc/grpc-js";
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 import type { Logger } from "../logger.js";
-import type { Store } from "../store/store.js";
+import type { Store } from "../keys/ports.js";
 import type { HttpEndpoint } from "../transport/http-server.js";
 
 export interface HealthOptions {

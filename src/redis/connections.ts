@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import type { ConnectionOptions } from "node:tls";
 import { Cluster, type ClusterOptions, Redis, type RedisOptions } from "ioredis";
-import { ConfigError } from "../config.js";
+import { ConfigError } from "../config-error.js";
 
 export interface RedisNode {
   host: string;

@@ -12,18 +12,23 @@ import {
   normalizeLimits,
 } from "../keys/records.js";
 import { mayRevokeCreatedBy } from "../keys/policy.js";
-import {
-  type ChangedKeys,
-  type CreatedKey,
-  type KeyPatch,
-  type ListKeysQuery,
-  type NewKey,
-  type Page,
-  type RevokePermission,
-  type Rotation,
-  type Store,
-  unchangedByRevoke,
-} from "./store.js";
+import type {
+  AuditQuery,
+  ChangedKeys,
+  CreatedKey,
+  ListKeysQuery,
+  NewKey,
+  Page,
+  RemoveMemberCommand,
+  RevokeKeyCommand,
+  RevokeKeysCommand,
+  RotateKeyCommand,
+  SetApiAccessCommand,
+  SetMemberRoleCommand,
+  Store,
+  UpdateKeyCommand,
+} from "../keys/ports.js";
+import { unchangedByRevoke } from "./unchanged-by-revoke.js";
 
 /** The revoke reason of keys revoked because their creator left the organization. */
 const MEMBER_REMOVED_REASON = "member removed";
@@ -118,7 +123,7 @@ export class MemoryStore implements Store {
     };
   }
 
-  async updateKey(organizationId: string, keyId: string, patch: KeyPatch, now: number, audit: AuditRecord): Promise<KeyRecord | null> {
+  async updateKey({ organizationId, keyId, patch, now, audit }: UpdateKeyCommand): Promise<KeyRecord | null> {
     const key = this.find(organizationId, keyId);
     if (key === null || key.revokeTime !== null) return null;
     if (patch.name !== undefined) key.name = patch.name;
@@ -131,7 +136,7 @@ export class MemoryStore implements Store {
     return copy(key);
   }
 
-  async rotateKey(organizationId: string, keyId: string, rotation: Rotation, now: number, audit: AuditRecord): Promise<KeyRecord | null> {
+  async rotateKey({ organizationId, keyId, rotation, now, audit }: RotateKeyCommand): Promise<KeyRecord | null> {
     const key = this.find(organizationId, keyId);
     if (key === null || key.revokeTime !== null) return null;
     const graceEnd = rotation.oldSecretExpireTime;
@@ -150,15 +155,7 @@ export class MemoryStore implements Store {
     return copy(key);
   }
 
-  async revokeKey(
-    organizationId: string,
-    keyId: string,
-    revokedBy: string,
-    reason: string,
-    now: number,
-    audit: AuditRecord,
-    permission: RevokePermission,
-  ): Promise<{ key: KeyRecord; changed: boolean } | null> {
+  async revokeKey({ organizationId, keyId, revokedBy, reason, now, audit, permission }: RevokeKeyCommand): Promise<{ key: KeyRecord; changed: boolean } | null> {
     const key = this.find(organizationId, keyId);
     if (key === null) return null;
     // As the MySQL store does it: the write's own condition first, the verdict only when it matched nothing.
@@ -170,32 +167,19 @@ export class MemoryStore implements Store {
     return unchangedByRevoke(copy(key), permission);
   }
 
-  async revokeKeysCreatedBy(
-    organizationId: string,
-    createdBy: string,
-    revokedBy: string,
-    reason: string,
-    now: number,
-    audit: AuditRecord,
-  ): Promise<ChangedKeys> {
+  async revokeKeysCreatedBy({ organizationId, createdBy, revokedBy, reason, now, audit }: RevokeKeysCommand): Promise<ChangedKeys> {
     const changed = this.revokeCreatedBy(organizationId, createdBy, revokedBy, reason, now);
     this.addAudit(audit);
     return changed;
   }
 
-  async setMemberRole(organizationId: string, userId: string, role: Role, now: number, audit: AuditRecord): Promise<MemberRecord> {
+  async setMemberRole({ organizationId, userId, role, now, audit }: SetMemberRoleCommand): Promise<MemberRecord> {
     const member = this.upsertMember(organizationId, userId, role, now);
     this.addAudit(audit);
     return { ...member };
   }
 
-  async removeMember(
-    organizationId: string,
-    userId: string,
-    revokeKeys: boolean,
-    now: number,
-    audit: AuditRecord,
-  ): Promise<ChangedKeys> {
+  async removeMember({ organizationId, userId, revokeKeys, now, audit }: RemoveMemberCommand): Promise<ChangedKeys> {
     this.members.delete(pairKey(organizationId, userId));
     const changed = revokeKeys
       ? this.revokeCreatedBy(organizationId, userId, audit.actorUserId, MEMBER_REMOVED_REASON, now)
@@ -204,14 +188,14 @@ export class MemoryStore implements Store {
     return changed;
   }
 
-  async setApiAccess(organizationId: string, enabled: boolean, now: number, audit: AuditRecord): Promise<OrganizationRecord> {
+  async setApiAccess({ organizationId, enabled, now, audit }: SetApiAccessCommand): Promise<OrganizationRecord> {
     const org = { id: organizationId, apiAccessEnabled: enabled, updateTime: now };
     this.organizations.set(organizationId, org);
     this.addAudit(audit);
     return { ...org };
   }
 
-  async listAuditEvents(organizationId: string, after: string | null, limit: number): Promise<Page<AuditRecord>> {
+  async listAuditEvents({ organizationId, after, limit }: AuditQuery): Promise<Page<AuditRecord>> {
     const before = after === null ? null : Number(after);
     const rows: { seq: number; record: AuditRecord }[] = [];
     for (let i = this.audit.length - 1; i >= 0 && rows.length <= limit; i--) {

@@ -27,18 +27,23 @@ import {
   guard,
   noConnectionInTime,
 } from "./mysql-pool.js";
-import {
-  type ChangedKeys,
-  type CreatedKey,
-  type KeyPatch,
-  type ListKeysQuery,
-  type NewKey,
-  type Page,
-  type RevokePermission,
-  type Rotation,
-  type Store,
-  unchangedByRevoke,
-} from "./store.js";
+import type {
+  AuditQuery,
+  ChangedKeys,
+  CreatedKey,
+  ListKeysQuery,
+  NewKey,
+  Page,
+  RemoveMemberCommand,
+  RevokeKeyCommand,
+  RevokeKeysCommand,
+  RotateKeyCommand,
+  SetApiAccessCommand,
+  SetMemberRoleCommand,
+  Store,
+  UpdateKeyCommand,
+} from "../keys/ports.js";
+import { unchangedByRevoke } from "./unchanged-by-revoke.js";
 
 /** Keys per last-used UPDATE: small enough not to stall the event loop or MariaDB, large enough to stay rare. */
 export const LAST_USED_CHUNK = 1000;
@@ -328,7 +333,7 @@ export class MySqlStore implements Store {
     });
   }
 
-  updateKey(organizationId: string, keyId: string, patch: KeyPatch, now: number, audit: AuditRecord): Promise<KeyRecord | null> {
+  updateKey({ organizationId, keyId, patch, now, audit }: UpdateKeyCommand): Promise<KeyRecord | null> {
     const columns: Record<string, unknown> = { update_time: toDate(now) };
     if (patch.name !== undefined) columns.name = patch.name;
     if (patch.scopes !== undefined) columns.scopes = JSON.stringify(patch.scopes);
@@ -349,7 +354,7 @@ export class MySqlStore implements Store {
     );
   }
 
-  rotateKey(organizationId: string, keyId: string, rotation: Rotation, now: number, audit: AuditRecord): Promise<KeyRecord | null> {
+  rotateKey({ organizationId, keyId, rotation, now, audit }: RotateKeyCommand): Promise<KeyRecord | null> {
     const graceEnd = rotation.oldSecretExpireTime;
     const graceOver = graceEnd <= now;
     return guard(() =>
@@ -378,15 +383,7 @@ export class MySqlStore implements Store {
     );
   }
 
-  async revokeKey(
-    organizationId: string,
-    keyId: string,
-    revokedBy: string,
-    reason: string,
-    now: number,
-    audit: AuditRecord,
-    permission: RevokePermission,
-  ): Promise<{ key: KeyRecord; changed: boolean } | null> {
+  async revokeKey({ organizationId, keyId, revokedBy, reason, now, audit, permission }: RevokeKeyCommand): Promise<{ key: KeyRecord; changed: boolean } | null> {
     // One round trip: the policy is a condition of the UPDATE, the audit event is
     // recorded only if the UPDATE changed the row, and the key is read back, all
     // with the COMMIT. Only when nothing changed is the policy asked why.
@@ -414,14 +411,7 @@ export class MySqlStore implements Store {
     return revoked ? { key, changed: true } : unchangedByRevoke(key, permission);
   }
 
-  revokeKeysCreatedBy(
-    organizationId: string,
-    createdBy: string,
-    revokedBy: string,
-    reason: string,
-    now: number,
-    audit: AuditRecord,
-  ): Promise<ChangedKeys> {
+  revokeKeysCreatedBy({ organizationId, createdBy, revokedBy, reason, now, audit }: RevokeKeysCommand): Promise<ChangedKeys> {
     return guard(() =>
       this.db.transaction(async (conn) => {
         const changed = await revokeCreatedBy(conn, organizationId, createdBy, revokedBy, reason, now);
@@ -431,7 +421,7 @@ export class MySqlStore implements Store {
     );
   }
 
-  setMemberRole(organizationId: string, userId: string, role: Role, now: number, audit: AuditRecord): Promise<MemberRecord> {
+  setMemberRole({ organizationId, userId, role, now, audit }: SetMemberRoleCommand): Promise<MemberRecord> {
     return guard(() =>
       this.db.transaction(async (conn) => {
         upsertMember(conn, organizationId, userId, role, now);
@@ -441,7 +431,7 @@ export class MySqlStore implements Store {
     );
   }
 
-  removeMember(organizationId: string, userId: string, revokeKeys: boolean, now: number, audit: AuditRecord): Promise<ChangedKeys> {
+  removeMember({ organizationId, userId, revokeKeys, now, audit }: RemoveMemberCommand): Promise<ChangedKeys> {
     return guard(() =>
       this.db.transaction(async (conn) => {
         await conn.query("DELETE FROM members WHERE organization_id = ? AND user_id = ?", [organizationId, userId]);
@@ -454,7 +444,7 @@ export class MySqlStore implements Store {
     );
   }
 
-  setApiAccess(organizationId: string, enabled: boolean, now: number, audit: AuditRecord): Promise<OrganizationRecord> {
+  setApiAccess({ organizationId, enabled, now, audit }: SetApiAccessCommand): Promise<OrganizationRecord> {
     return guard(() =>
       this.db.transaction(async (conn) => {
         await conn.query(
@@ -468,7 +458,7 @@ export class MySqlStore implements Store {
     );
   }
 
-  listAuditEvents(organizationId: string, after: string | null, limit: number): Promise<Page<AuditRecord>> {
+  listAuditEvents({ organizationId, after, limit }: AuditQuery): Promise<Page<AuditRecord>> {
     const params: unknown[] = [organizationId];
     if (after !== null) params.push(BigInt(after));
     params.push(limit + 1);

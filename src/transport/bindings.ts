@@ -1,5 +1,5 @@
 // Services as plain handler tables, independent of the transport: the gRPC
-// server (grpc-server.ts) and the Connect router (connect-server.ts) both
+// server (grpc-server.ts) and the Connect router (http-server.ts) both
 // serve exactly these functions. Each method also names the access a caller
 // needs (manage or verify).
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";

@@ -4,7 +4,7 @@
 import { type DescMessage, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { ApiError, Status, invalidArgument } from "../keys/errors.js";
-import { ENCODING } from "../keys/verify-cache.js";
+import { encodingOf } from "../keys/answer.js";
 import type { CallerAuth } from "./auth.js";
 import type { CallObserver, ServiceBinding } from "./bindings.js";
 import { type InternalErrorSink, toGrpcError } from "./errors.js";
@@ -19,15 +19,15 @@ function toBuffer(bytes: Uint8Array): Buffer {
 
 // Encoding is the largest cost of a cached VerifyKey; two ways make it none.
 // A cached key's answers carry their own encoding (EncodedVerifyKeyResponse,
-// src/keys/verify-cache.ts): sent as they are. Other messages the domain
+// src/keys/answer.ts): sent as they are. Other messages the domain
 // reuses are frozen (e.g. NOT_FOUND), so their bytes never change: encoded
 // once and remembered here.
 const frozenEncodings = new WeakMap<object, Buffer>();
 
 function encoder(schema: DescMessage) {
   return (message: unknown): Buffer => {
-    const m = message as { readonly [ENCODING]?: Buffer };
-    const prebuilt = m[ENCODING];
+    const m = message as object;
+    const prebuilt = encodingOf(m);
     if (prebuilt !== undefined) return prebuilt;
     if (!Object.isFrozen(m)) return toBuffer(toBinary(schema, m as never));
     let bytes = frozenEncodings.get(m);

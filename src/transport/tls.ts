@@ -8,7 +8,7 @@ import { X509Certificate, createPrivateKey } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { PeerCertificate } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
-import { ConfigError } from "../config.js";
+import { ConfigError } from "../config-error.js";
 
 export interface TlsConfig {
   certFile: string;

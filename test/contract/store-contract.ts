@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { AuditRecord, KeyRecord } from "../../src/keys/records.js";
 import { type Revocable, mayRevokeCreatedBy } from "../../src/keys/policy.js";
-import type { ListKeysQuery, RevokePermission, Store } from "../../src/store/store.js";
+import type { ListKeysQuery, RevokePermission, Store } from "../../src/keys/ports.js";
 import { type NewKeyOptions, T0, auditRecord, keyRecord as buildKey, newKey, uid } from "../helpers/records.js";
 
 const MINUTE = 60_000;
@@ -64,7 +64,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       const events: AuditRecord[] = [];
       let after: string | null = null;
       for (;;) {
-        const page = await store.listAuditEvents(organizationId, after, 3);
+        const page = await store.listAuditEvents({ organizationId, after, limit: 3 });
         events.push(...page.items);
         if (page.next === null) return events;
         after = page.next;
@@ -130,9 +130,9 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         expect(await memberChanged({ creatorRole: Role.MEMBER }), "a new member").toBe(true);
         expect(await memberChanged({ creatorRole: Role.MEMBER }), "the same role again").toBe(false);
         expect(await memberChanged({ creatorRole: Role.ADMIN }), "a new role").toBe(true);
-        await store.setMemberRole(org, "u_creator", Role.VIEWER, T0, auditRecord(org, "member.set_role"));
+        await store.setMemberRole({ organizationId: org, userId: "u_creator", role: Role.VIEWER, now: T0, audit: auditRecord(org, "member.set_role") });
         expect(await memberChanged({ creatorRole: Role.ADMIN }), "a role set in between").toBe(true);
-        await store.removeMember(org, "u_creator", false, T0, auditRecord(org, "member.remove"));
+        await store.removeMember({ organizationId: org, userId: "u_creator", revokeKeys: false, now: T0, audit: auditRecord(org, "member.remove") });
         expect(await memberChanged({ creatorRole: Role.ADMIN }), "re-added after removal").toBe(true);
         expect(await memberChanged({ creatorRole: Role.ADMIN, key: { createdBy: "u_other" } }), "another user").toBe(true);
         await create(org, { requestId: "web/once", creatorRole: Role.ADMIN });
@@ -188,7 +188,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
 
       it("does not re-enable a switched-off organization", async () => {
         const org = uid("org");
-        await store.setApiAccess(org, false, T0, auditRecord(org, "org.disable_api"));
+        await store.setApiAccess({ organizationId: org, enabled: false, now: T0, audit: auditRecord(org, "org.disable_api") });
         const { input } = await create(org);
         expect((await store.findByHash(input.hash))!.orgEnabled).toBe(false);
       });
@@ -277,7 +277,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const b1 = (await create(org, { key: { projectId: "p1", createdBy: "u_b" } })).key;
         const a2 = (await create(org, { key: { projectId: "p2", createdBy: "u_a" } })).key;
         const revoked = (await create(org, { key: { projectId: "p1", createdBy: "u_a" } })).key;
-        await store.revokeKey(org, revoked.id, "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"), ALLOW);
+        await store.revokeKey({ organizationId: org, keyId: revoked.id, revokedBy: "u_admin", reason: "", now: T0 + 1, audit: auditRecord(org, "key.revoke"), permission: ALLOW });
         await create(uid("org"), { key: { projectId: "p1", createdBy: "u_a" } });
 
         const ids = async (fields: Partial<ListKeysQuery>) => (await listAll(listQuery(org, { limit: 2, ...fields }))).map((k) => k.id);
@@ -302,7 +302,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       it("finds a revoked key, revoked", async () => {
         const org = uid("org");
         const { input, key } = await create(org);
-        await store.revokeKey(org, key.id, "u_admin", "leaked", T0 + MINUTE, auditRecord(org, "key.revoke"), ALLOW);
+        await store.revokeKey({ organizationId: org, keyId: key.id, revokedBy: "u_admin", reason: "leaked", now: T0 + MINUTE, audit: auditRecord(org, "key.revoke"), permission: ALLOW });
         const found = await store.findByHash(input.hash);
         expect(found!.key.id).toBe(key.id);
         expect(found!.key.revokeTime).toBe(T0 + MINUTE);
@@ -314,7 +314,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const org = uid("org");
         const { input, key } = await create(org);
         const current = secretHash();
-        await store.rotateKey(org, key.id, { newHash: current, newPreview: "p", oldSecretExpireTime: T0 + 10 * MINUTE }, T0, auditRecord(org, "key.rotate"));
+        await store.rotateKey({ organizationId: org, keyId: key.id, rotation: { newHash: current, newPreview: "p", oldSecretExpireTime: T0 + 10 * MINUTE }, now: T0, audit: auditRecord(org, "key.rotate") });
         const rehashed = secretHash();
         expect(await store.replaceSecretHash(input.hash, rehashed)).toBe(true);
         expect(await store.findByHash(input.hash)).toBeNull();
@@ -337,16 +337,10 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
             limits: { requestsPerMinute: 1, requestsPerDay: 2, monthlyCredits: 3 },
           },
         });
-        const renamed = await store.updateKey(org, key.id, { name: "after" }, T0 + MINUTE, auditRecord(org, "key.update"));
+        const renamed = await store.updateKey({ organizationId: org, keyId: key.id, patch: { name: "after" }, now: T0 + MINUTE, audit: auditRecord(org, "key.update") });
         expect(renamed).toEqual({ ...key, name: "after", updateTime: T0 + MINUTE });
 
-        const changed = await store.updateKey(
-          org,
-          key.id,
-          { scopes: ["b:write"], metadata: { x: "y" }, limits: { requestsPerMinute: 5, requestsPerDay: 0, monthlyCredits: 0 } },
-          T0 + 2 * MINUTE,
-          auditRecord(org, "key.update"),
-        );
+        const changed = await store.updateKey({ organizationId: org, keyId: key.id, patch: { scopes: ["b:write"], metadata: { x: "y" }, limits: { requestsPerMinute: 5, requestsPerDay: 0, monthlyCredits: 0 } }, now: T0 + 2 * MINUTE, audit: auditRecord(org, "key.update") });
         expect(changed).toEqual({
           ...key,
           name: "after",
@@ -363,16 +357,10 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const { key } = await create(org, {
           key: { expireTime: T0 + MINUTE, limits: { requestsPerMinute: 1, requestsPerDay: 2, monthlyCredits: 3 } },
         });
-        const cleared = await store.updateKey(org, key.id, { expireTime: null, limits: null }, T0 + 1, auditRecord(org, "key.update"));
+        const cleared = await store.updateKey({ organizationId: org, keyId: key.id, patch: { expireTime: null, limits: null }, now: T0 + 1, audit: auditRecord(org, "key.update") });
         expect(cleared!.expireTime).toBeNull();
         expect(cleared!.limits).toBeNull();
-        const zero = await store.updateKey(
-          org,
-          key.id,
-          { expireTime: T0 + 5, limits: { requestsPerMinute: 0, requestsPerDay: 0, monthlyCredits: 0 } },
-          T0 + 2,
-          auditRecord(org, "key.update"),
-        );
+        const zero = await store.updateKey({ organizationId: org, keyId: key.id, patch: { expireTime: T0 + 5, limits: { requestsPerMinute: 0, requestsPerDay: 0, monthlyCredits: 0 } }, now: T0 + 2, audit: auditRecord(org, "key.update") });
         expect(zero!.expireTime).toBe(T0 + 5);
         expect(zero!.limits).toBeNull();
         expect(await store.getKey(org, key.id)).toEqual(zero);
@@ -382,8 +370,8 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const org = uid("org");
         const other = uid("org");
         const { key } = await create(org);
-        expect(await store.updateKey(other, key.id, { name: "hijacked" }, T0 + 1, auditRecord(other, "key.update"))).toBeNull();
-        expect(await store.updateKey(org, uid("key"), { name: "x" }, T0 + 1, auditRecord(org, "key.update"))).toBeNull();
+        expect(await store.updateKey({ organizationId: other, keyId: key.id, patch: { name: "hijacked" }, now: T0 + 1, audit: auditRecord(other, "key.update") })).toBeNull();
+        expect(await store.updateKey({ organizationId: org, keyId: uid("key"), patch: { name: "x" }, now: T0 + 1, audit: auditRecord(org, "key.update") })).toBeNull();
         expect(await store.getKey(org, key.id)).toEqual(key);
         expect(await auditEvents(other)).toEqual([]);
         expect(await auditEvents(org)).toHaveLength(1);
@@ -397,13 +385,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const now = T0 + MINUTE;
         const graceEnd = now + 60 * MINUTE;
         const newHash = secretHash();
-        const rotated = await store.rotateKey(
-          org,
-          key.id,
-          { newHash, newPreview: "sk_new…abcd", oldSecretExpireTime: graceEnd },
-          now,
-          auditRecord(org, "key.rotate"),
-        );
+        const rotated = await store.rotateKey({ organizationId: org, keyId: key.id, rotation: { newHash, newPreview: "sk_new…abcd", oldSecretExpireTime: graceEnd }, now, audit: auditRecord(org, "key.rotate") });
         expect(rotated).toEqual({
           ...key,
           preview: "sk_new…abcd",
@@ -421,7 +403,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const org = uid("org");
         const { input, key } = await create(org);
         const rotate = (now: number, graceEnd: number, hash: Buffer) =>
-          store.rotateKey(org, key.id, { newHash: hash, newPreview: "p", oldSecretExpireTime: graceEnd }, now, auditRecord(org, "key.rotate"));
+          store.rotateKey({ organizationId: org, keyId: key.id, rotation: { newHash: hash, newPreview: "p", oldSecretExpireTime: graceEnd }, now, audit: auditRecord(org, "key.rotate") });
         const second = secretHash();
         const third = secretHash();
         const fourth = secretHash();
@@ -445,8 +427,8 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const second = secretHash();
         const third = secretHash();
         const rotation = (newHash: Buffer, graceEnd: number) => ({ newHash, newPreview: "p", oldSecretExpireTime: graceEnd });
-        await store.rotateKey(org, key.id, rotation(second, T0 + 60 * MINUTE), T0 + 1, auditRecord(org, "key.rotate"));
-        const rotated = await store.rotateKey(org, key.id, rotation(third, T0 + 2), T0 + 2, auditRecord(org, "key.rotate"));
+        await store.rotateKey({ organizationId: org, keyId: key.id, rotation: rotation(second, T0 + 60 * MINUTE), now: T0 + 1, audit: auditRecord(org, "key.rotate") });
+        const rotated = await store.rotateKey({ organizationId: org, keyId: key.id, rotation: rotation(third, T0 + 2), now: T0 + 2, audit: auditRecord(org, "key.rotate") });
         expect(rotated!.previousSecretExpireTime).toBeNull();
         expect(rotated!.rotateTime).toBe(T0 + 2);
         expect(await store.findByHash(input.hash)).toBeNull();
@@ -459,13 +441,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const other = uid("org");
         const { input, key } = await create(org);
         const newHash = secretHash();
-        const rotated = await store.rotateKey(
-          other,
-          key.id,
-          { newHash, newPreview: "p", oldSecretExpireTime: T0 },
-          T0 + 1,
-          auditRecord(other, "key.rotate"),
-        );
+        const rotated = await store.rotateKey({ organizationId: other, keyId: key.id, rotation: { newHash, newPreview: "p", oldSecretExpireTime: T0 }, now: T0 + 1, audit: auditRecord(other, "key.rotate") });
         expect(rotated).toBeNull();
         expect(await store.findByHash(newHash)).toBeNull();
         expect((await store.findByHash(input.hash))!.secretExpireTime).toBeNull();
@@ -476,12 +452,12 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       it("never changes a revoked key (rotation or update)", async () => {
         const org = uid("org");
         const { input, key } = await create(org);
-        await store.revokeKey(org, key.id, "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"), ALLOW);
+        await store.revokeKey({ organizationId: org, keyId: key.id, revokedBy: "u_admin", reason: "", now: T0 + 1, audit: auditRecord(org, "key.revoke"), permission: ALLOW });
         const revoked = await store.getKey(org, key.id);
         const newHash = secretHash();
         const rotation = { newHash, newPreview: "p", oldSecretExpireTime: T0 + 2 };
-        expect(await store.rotateKey(org, key.id, rotation, T0 + 2, auditRecord(org, "key.rotate"))).toBeNull();
-        expect(await store.updateKey(org, key.id, { name: "renamed" }, T0 + 2, auditRecord(org, "key.update"))).toBeNull();
+        expect(await store.rotateKey({ organizationId: org, keyId: key.id, rotation, now: T0 + 2, audit: auditRecord(org, "key.rotate") })).toBeNull();
+        expect(await store.updateKey({ organizationId: org, keyId: key.id, patch: { name: "renamed" }, now: T0 + 2, audit: auditRecord(org, "key.update") })).toBeNull();
         expect(await store.findByHash(newHash)).toBeNull();
         expect(await store.findByHash(input.hash)).not.toBeNull();
         expect(await store.getKey(org, key.id)).toEqual(revoked);
@@ -504,7 +480,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       it("revokes its own key for an actor who may revoke only its own", async () => {
         const org = uid("org");
         const { key } = await create(org, { key: { createdBy: "u_owner" } });
-        const result = await store.revokeKey(org, key.id, "u_owner", "", T0 + 1, auditRecord(org, "key.revoke"), permission({ kind: "own", userId: "u_owner" }));
+        const result = await store.revokeKey({ organizationId: org, keyId: key.id, revokedBy: "u_owner", reason: "", now: T0 + 1, audit: auditRecord(org, "key.revoke"), permission: permission({ kind: "own", userId: "u_owner" }) });
         expect(result).toMatchObject({ changed: true, key: { id: key.id, revokeTime: T0 + 1, revokedBy: "u_owner" } });
         expect((await auditEvents(org)).map((e) => e.action)).toEqual(["key.revoke", "key.create"]);
       });
@@ -517,7 +493,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
           const org = uid("org");
           const { key } = await create(org, { key: { createdBy: "u_owner" } });
           const asked: KeyRecord[] = [];
-          const attempt = store.revokeKey(org, key.id, "u_other", "", T0 + 1, auditRecord(org, "key.revoke"), permission(revocable, asked));
+          const attempt = store.revokeKey({ organizationId: org, keyId: key.id, revokedBy: "u_other", reason: "", now: T0 + 1, audit: auditRecord(org, "key.revoke"), permission: permission(revocable, asked) });
           await expect(attempt).rejects.toThrow("not yours: u_owner");
           expect(asked).toEqual([key]);
           expect(await store.getKey(org, key.id)).toEqual(key);
@@ -528,8 +504,8 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       it("refuses a revoked key to an actor who may not revoke it, rather than answering unchanged", async () => {
         const org = uid("org");
         const { key } = await create(org, { key: { createdBy: "u_owner" } });
-        await store.revokeKey(org, key.id, "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"), ALLOW);
-        const attempt = store.revokeKey(org, key.id, "u_other", "", T0 + 2, auditRecord(org, "key.revoke"), permission({ kind: "own", userId: "u_other" }));
+        await store.revokeKey({ organizationId: org, keyId: key.id, revokedBy: "u_admin", reason: "", now: T0 + 1, audit: auditRecord(org, "key.revoke"), permission: ALLOW });
+        const attempt = store.revokeKey({ organizationId: org, keyId: key.id, revokedBy: "u_other", reason: "", now: T0 + 2, audit: auditRecord(org, "key.revoke"), permission: permission({ kind: "own", userId: "u_other" }) });
         await expect(attempt).rejects.toThrow("not yours: u_owner");
         expect((await auditEvents(org)).map((e) => e.action)).toEqual(["key.revoke", "key.create"]);
       });
@@ -537,10 +513,10 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       it("revokes once; a second revoke returns the key unchanged", async () => {
         const org = uid("org");
         const { key } = await create(org);
-        const first = await store.revokeKey(org, key.id, "u_admin", "leaked", T0 + MINUTE, auditRecord(org, "key.revoke"), ALLOW);
+        const first = await store.revokeKey({ organizationId: org, keyId: key.id, revokedBy: "u_admin", reason: "leaked", now: T0 + MINUTE, audit: auditRecord(org, "key.revoke"), permission: ALLOW });
         const revoked = { ...key, revokeTime: T0 + MINUTE, revokedBy: "u_admin", revokeReason: "leaked", updateTime: T0 + MINUTE };
         expect(first).toEqual({ key: revoked, changed: true });
-        const second = await store.revokeKey(org, key.id, "u_other", "again", T0 + 2 * MINUTE, auditRecord(org, "key.revoke"), ALLOW);
+        const second = await store.revokeKey({ organizationId: org, keyId: key.id, revokedBy: "u_other", reason: "again", now: T0 + 2 * MINUTE, audit: auditRecord(org, "key.revoke"), permission: ALLOW });
         expect(second).toEqual({ key: revoked, changed: false });
         expect(await store.getKey(org, key.id)).toEqual(revoked);
         expect((await auditEvents(org)).map((e) => e.action)).toEqual(["key.revoke", "key.create"]);
@@ -550,8 +526,8 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const org = uid("org");
         const other = uid("org");
         const { key } = await create(org);
-        expect(await store.revokeKey(other, key.id, "u_admin", "", T0 + 1, auditRecord(other, "key.revoke"), ALLOW)).toBeNull();
-        expect(await store.revokeKey(org, uid("key"), "u_admin", "", T0 + 1, auditRecord(org, "key.revoke"), ALLOW)).toBeNull();
+        expect(await store.revokeKey({ organizationId: other, keyId: key.id, revokedBy: "u_admin", reason: "", now: T0 + 1, audit: auditRecord(other, "key.revoke"), permission: ALLOW })).toBeNull();
+        expect(await store.revokeKey({ organizationId: org, keyId: uid("key"), revokedBy: "u_admin", reason: "", now: T0 + 1, audit: auditRecord(org, "key.revoke"), permission: ALLOW })).toBeNull();
         expect((await store.getKey(org, key.id))!.revokeTime).toBeNull();
         expect(await auditEvents(other)).toEqual([]);
       });
@@ -566,9 +542,9 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const already = (await create(org, { key: { createdBy: "u_a" } })).key;
         const b = (await create(org, { key: { createdBy: "u_b" } })).key;
         const elsewhere = (await create(other, { key: { createdBy: "u_a" } })).key;
-        await store.revokeKey(org, already.id, "u_a", "", T0 + 1, auditRecord(org, "key.revoke"), ALLOW);
+        await store.revokeKey({ organizationId: org, keyId: already.id, revokedBy: "u_a", reason: "", now: T0 + 1, audit: auditRecord(org, "key.revoke"), permission: ALLOW });
 
-        const changed = await store.revokeKeysCreatedBy(org, "u_a", "u_admin", "left", T0 + 2, auditRecord(org, "key.revoke_all"));
+        const changed = await store.revokeKeysCreatedBy({ organizationId: org, createdBy: "u_a", revokedBy: "u_admin", reason: "left", now: T0 + 2, audit: auditRecord(org, "key.revoke_all") });
         expect([...changed.keyIds].sort()).toEqual([a1.id, a2.id].sort());
         for (const id of [a1.id, a2.id]) {
           const key = await store.getKey(org, id);
@@ -579,7 +555,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         expect((await store.getKey(other, elsewhere.id))!.revokeTime).toBeNull();
         expect((await auditEvents(org))[0].action).toBe("key.revoke_all");
 
-        const again = await store.revokeKeysCreatedBy(org, "u_a", "u_admin", "", T0 + 3, auditRecord(org, "key.revoke_all"));
+        const again = await store.revokeKeysCreatedBy({ organizationId: org, createdBy: "u_a", revokedBy: "u_admin", reason: "", now: T0 + 3, audit: auditRecord(org, "key.revoke_all") });
         expect(again.keyIds).toEqual([]);
       });
     });
@@ -588,11 +564,11 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       it("sets a member's role", async () => {
         const org = uid("org");
         const { input } = await create(org, { key: { createdBy: "u_a" }, creatorRole: Role.MEMBER });
-        const member = await store.setMemberRole(org, "u_a", Role.VIEWER, T0 + 1, auditRecord(org, "member.set_role"));
+        const member = await store.setMemberRole({ organizationId: org, userId: "u_a", role: Role.VIEWER, now: T0 + 1, audit: auditRecord(org, "member.set_role") });
         expect(member).toEqual({ organizationId: org, userId: "u_a", role: Role.VIEWER, updateTime: T0 + 1 });
         expect((await store.findByHash(input.hash))!.memberRole).toBe(Role.VIEWER);
         // A role for someone who was never a member is an insert.
-        expect(await store.setMemberRole(org, "u_new", Role.OWNER, T0 + 2, auditRecord(org, "member.set_role"))).toEqual({
+        expect(await store.setMemberRole({ organizationId: org, userId: "u_new", role: Role.OWNER, now: T0 + 2, audit: auditRecord(org, "member.set_role") })).toEqual({
           organizationId: org,
           userId: "u_new",
           role: Role.OWNER,
@@ -603,26 +579,20 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       it("removes a member, keeping their keys", async () => {
         const org = uid("org");
         const { input, key } = await create(org, { key: { createdBy: "u_a" } });
-        const changed = await store.removeMember(org, "u_a", false, T0 + 1, auditRecord(org, "member.remove"));
+        const changed = await store.removeMember({ organizationId: org, userId: "u_a", revokeKeys: false, now: T0 + 1, audit: auditRecord(org, "member.remove") });
         expect(changed.keyIds).toEqual([]);
         const found = await store.findByHash(input.hash);
         expect(found!.memberRole).toBeNull();
         expect(found!.key).toEqual(key);
         // Idempotent.
-        expect(await store.removeMember(org, "u_a", false, T0 + 2, auditRecord(org, "member.remove"))).toEqual({ keyIds: [] });
+        expect(await store.removeMember({ organizationId: org, userId: "u_a", revokeKeys: false, now: T0 + 2, audit: auditRecord(org, "member.remove") })).toEqual({ keyIds: [] });
       });
 
       it("removes a member and revokes their keys", async () => {
         const org = uid("org");
         const { input, key } = await create(org, { key: { createdBy: "u_a" } });
         const other = (await create(org, { key: { createdBy: "u_b" } })).key;
-        const changed = await store.removeMember(
-          org,
-          "u_a",
-          true,
-          T0 + 1,
-          auditRecord(org, "member.remove", { actorUserId: "u_owner" }),
-        );
+        const changed = await store.removeMember({ organizationId: org, userId: "u_a", revokeKeys: true, now: T0 + 1, audit: auditRecord(org, "member.remove", { actorUserId: "u_owner" }) });
         expect(changed.keyIds).toEqual([key.id]);
         const found = await store.findByHash(input.hash);
         expect(found!.memberRole).toBeNull();
@@ -633,16 +603,16 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       it("switches an organization's API access", async () => {
         const org = uid("org");
         const { input } = await create(org);
-        expect(await store.setApiAccess(org, false, T0 + 1, auditRecord(org, "org.disable_api"))).toEqual({
+        expect(await store.setApiAccess({ organizationId: org, enabled: false, now: T0 + 1, audit: auditRecord(org, "org.disable_api") })).toEqual({
           id: org,
           apiAccessEnabled: false,
           updateTime: T0 + 1,
         });
         expect((await store.findByHash(input.hash))!.orgEnabled).toBe(false);
-        await store.setApiAccess(org, true, T0 + 2, auditRecord(org, "org.enable_api"));
+        await store.setApiAccess({ organizationId: org, enabled: true, now: T0 + 2, audit: auditRecord(org, "org.enable_api") });
         expect((await store.findByHash(input.hash))!.orgEnabled).toBe(true);
         const fresh = uid("org");
-        expect(await store.setApiAccess(fresh, false, T0, auditRecord(fresh, "org.disable_api"))).toEqual({
+        expect(await store.setApiAccess({ organizationId: fresh, enabled: false, now: T0, audit: auditRecord(fresh, "org.disable_api") })).toEqual({
           id: fresh,
           apiAccessEnabled: false,
           updateTime: T0,
@@ -702,29 +672,23 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
           events.push(event);
           return event;
         };
-        await store.updateKey(org, key.id, { name: "n" }, T0, next("key.update", { keyId: key.id, details: { fields: "name" } }));
-        await store.rotateKey(
-          org,
-          key.id,
-          { newHash: secretHash(), newPreview: "p", oldSecretExpireTime: T0 },
-          T0,
-          next("key.rotate", { actorRole: Role.OWNER, caller: "cli" }),
-        );
-        await store.setMemberRole(org, "u_b", Role.ADMIN, T0, next("member.set_role"));
-        await store.setApiAccess(org, false, T0, next("org.disable_api", { actorUserId: "" }));
-        await store.revokeKeysCreatedBy(org, "u_b", "u_admin", "", T0, next("key.revoke_all"));
-        await store.revokeKey(org, key.id, "u_admin", "", T0, next("key.revoke", { details: { reason: "ünïcode ✓" } }), ALLOW);
-        await store.removeMember(org, "u_a", true, T0, next("member.remove"));
+        await store.updateKey({ organizationId: org, keyId: key.id, patch: { name: "n" }, now: T0, audit: next("key.update", { keyId: key.id, details: { fields: "name" } }) });
+        await store.rotateKey({ organizationId: org, keyId: key.id, rotation: { newHash: secretHash(), newPreview: "p", oldSecretExpireTime: T0 }, now: T0, audit: next("key.rotate", { actorRole: Role.OWNER, caller: "cli" }) });
+        await store.setMemberRole({ organizationId: org, userId: "u_b", role: Role.ADMIN, now: T0, audit: next("member.set_role") });
+        await store.setApiAccess({ organizationId: org, enabled: false, now: T0, audit: next("org.disable_api", { actorUserId: "" }) });
+        await store.revokeKeysCreatedBy({ organizationId: org, createdBy: "u_b", revokedBy: "u_admin", reason: "", now: T0, audit: next("key.revoke_all") });
+        await store.revokeKey({ organizationId: org, keyId: key.id, revokedBy: "u_admin", reason: "", now: T0, audit: next("key.revoke", { details: { reason: "ünïcode ✓" } }), permission: ALLOW });
+        await store.removeMember({ organizationId: org, userId: "u_a", revokeKeys: true, now: T0, audit: next("member.remove") });
         expect(await auditEvents(org)).toEqual([...events].reverse());
         expect(await auditEvents(uid("org"))).toEqual([]);
       });
 
       it("pages with the position of the last event", async () => {
         const org = uid("org");
-        for (let i = 0; i < 4; i++) await store.setMemberRole(org, `u_${i}`, Role.MEMBER, T0, auditRecord(org, `a${i}`));
-        const first = await store.listAuditEvents(org, null, 2);
+        for (let i = 0; i < 4; i++) await store.setMemberRole({ organizationId: org, userId: `u_${i}`, role: Role.MEMBER, now: T0, audit: auditRecord(org, `a${i}`) });
+        const first = await store.listAuditEvents({ organizationId: org, after: null, limit: 2 });
         expect(first.items.map((e) => e.action)).toEqual(["a3", "a2"]);
-        const second = await store.listAuditEvents(org, first.next, 2);
+        const second = await store.listAuditEvents({ organizationId: org, after: first.next, limit: 2 });
         expect(second.items.map((e) => e.action)).toEqual(["a1", "a0"]);
         expect(second.next).toBeNull();
       });
@@ -746,10 +710,10 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         expect(await store.getKey(org, snapshot.id)).toEqual(snapshot);
 
         const audit = auditRecord(org, "member.set_role", { details: { role: "1" } });
-        await store.setMemberRole(org, "u_x", Role.VIEWER, T0, audit);
+        await store.setMemberRole({ organizationId: org, userId: "u_x", role: Role.VIEWER, now: T0, audit });
         audit.details.role = "mutated";
-        (await store.listAuditEvents(org, null, 10)).items[0].details.role = "mutated";
-        expect((await store.listAuditEvents(org, null, 10)).items[0].details).toEqual({ role: "1" });
+        (await store.listAuditEvents({ organizationId: org, after: null, limit: 10 })).items[0].details.role = "mutated";
+        expect((await store.listAuditEvents({ organizationId: org, after: null, limit: 10 })).items[0].details).toEqual({ role: "1" });
       });
     });
   });

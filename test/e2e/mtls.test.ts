@@ -10,7 +10,8 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ApiKeyService, OrganizationService, Role, VerifyCode } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { buildApp } from "../../src/app.js";
-import { ConfigError, loadConfig } from "../../src/config.js";
+import { ConfigError } from "../../src/config-error.js";
+import { loadConfig } from "../../src/config.js";
 import { certificateIdentities } from "../../src/transport/tls.js";
 import { GrpcClient, TEST_PEPPER, type TestServer, startServer } from "../helpers/server.js";
 

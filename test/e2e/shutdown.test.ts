@@ -6,7 +6,7 @@ import * as net from "node:net";
 import { afterAll, describe, expect, it } from "vitest";
 import { Role, VerifyCode } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { MySqlStore } from "../../src/store/mysql-store.js";
-import type { Store } from "../../src/store/store.js";
+import type { Store } from "../../src/keys/ports.js";
 import { HealthClient } from "../helpers/grpc-probes.js";
 import { freshDatabase } from "../helpers/mysql.js";
 import { TEST_PEPPER, startServer } from "../helpers/server.js";

@@ -3,7 +3,7 @@
 import { randomBytes } from "node:crypto";
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { AuditRecord, KeyRecord } from "../../src/keys/records.js";
-import type { NewKey } from "../../src/store/store.js";
+import type { NewKey } from "../../src/keys/ports.js";
 
 /** Has milliseconds, so a store that drops them fails. */
 export const T0 = Date.UTC(2030, 0, 15, 12, 0, 0, 123);

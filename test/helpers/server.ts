@@ -9,7 +9,7 @@ import { ApiKeyService, OrganizationService } from "../../gen/apikeys/v1/apikeys
 import { type App, buildApp } from "../../src/app.js";
 import { loadConfig } from "../../src/config.js";
 import type { Logger } from "../../src/logger.js";
-import type { Store } from "../../src/store/store.js";
+import type { Store } from "../../src/keys/ports.js";
 import { serviceDefinition } from "../../src/transport/grpc-server.js";
 import { type TestDatabase, freshDatabase } from "./mysql.js";
 

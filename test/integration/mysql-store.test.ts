@@ -10,7 +10,7 @@ import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { ApiError, Status } from "../../src/keys/errors.js";
 import { migrationsDirectory } from "../../src/store/migrate.js";
 import { FIND_BY_HASH_SQL, MySqlStore } from "../../src/store/mysql-store.js";
-import type { CreatedKey } from "../../src/store/store.js";
+import type { CreatedKey } from "../../src/keys/ports.js";
 import { describeStoreContract } from "../contract/store-contract.js";
 import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
 import { keyRecord, newKey, uid } from "../helpers/records.js";

@@ -2,7 +2,8 @@
 // refuses to start open to anyone, and every mistake in CALLERS or the TLS
 // variables stops it with a message naming what is wrong — never the token.
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig } from "../../src/config.js";
+import { ConfigError } from "../../src/config-error.js";
+import { loadConfig } from "../../src/config.js";
 
 const PEPPER = "unit-test-pepper-0123456789";
 const TOKEN = "a-caller-token-0123456789";

@@ -6,6 +6,7 @@ import {
   formatPolicy,
   mayRevokeCreatedBy,
   parsePolicy,
+  parseRoleAliases,
   requireMayChange,
   requireRole,
   revocable,
@@ -25,7 +26,14 @@ describe("role policy", () => {
     expect(formatPolicy(parsePolicy("create=admin,view_all=member,revoke_any=admin,revoke_own=admin"))).toBe(
       "create=admin,view_all=member,revoke_any=admin,revoke_own=admin",
     );
-    expect(parsePolicy("create=builder").create).toBe(Role.MEMBER);
+    expect(parsePolicy("create=builder", parseRoleAliases("builder=member")).create).toBe(Role.MEMBER);
+  });
+
+  it("knows a product's own role names only as configured aliases", () => {
+    expect(() => parsePolicy("create=builder")).toThrow(/unknown role "builder"/);
+    expect(() => parseRoleAliases("admin=owner")).toThrow(/already a role/);
+    expect(() => parseRoleAliases("builder=god")).toThrow(/unknown role "god"/);
+    expect(() => parseRoleAliases("toString=member,x")).toThrow();
   });
 
   it("rejects unknown rules and roles with a message naming them", () => {

@@ -16,9 +16,10 @@ import { LastUsedTracker } from "../../src/keys/last-used.js";
 import { toApiKey, toPrincipal } from "../../src/keys/mapping.js";
 import type { VerifyRecord } from "../../src/keys/records.js";
 import { Verifier } from "../../src/keys/verifier.js";
-import { ENCODING, type EncodedVerifyKeyResponse, UNKNOWN, VerifyCache, type VerifyEntry, buildEntry } from "../../src/keys/verify-cache.js";
-import type { UsageLimiter, UsageOutcome } from "../../src/limits/usage-limiter.js";
-import type { Store } from "../../src/store/store.js";
+import { ENCODING, type EncodedVerifyKeyResponse } from "../../src/keys/answer.js";
+import { UNKNOWN, VerifyCache, type VerifyEntry, buildEntry } from "../../src/keys/verify-cache.js";
+import type { UsageLimiter, UsageOutcome } from "../../src/keys/ports.js";
+import type { Store } from "../../src/keys/ports.js";
 import { serviceDefinition } from "../../src/transport/grpc-server.js";
 import { keyRecord } from "../helpers/records.js";
 

@@ -7,7 +7,7 @@ import { KeyState, Role, VerifyCode } from "../../../gen/apikeys/v1/apikeys_pb.j
 import { type TestServer, startServer } from "../../helpers/server.js";
 import { concurrentRetriesCreateOne, createShownOnce, expectDenied, verifyCached } from "./product-checks.js";
 
-// Keystroke names its member role "builder"; the policy accepts that name.
+// Keystroke names its member role "builder": configured as an alias, the policy accepts that name.
 const POLICY = "create=builder,view_all=admin,revoke_any=admin,revoke_own=builder";
 const ORG = "ks_workspace_9";
 const admin = { userId: "ks_admin", role: Role.ADMIN };
@@ -18,7 +18,7 @@ describe("Keystroke (builders create and see their own keys; removal suspends)",
   let s: TestServer;
 
   beforeAll(async () => {
-    s = await startServer({ env: { KEY_POLICY: POLICY, DEFAULT_KEY_PREFIX: "ks" } });
+    s = await startServer({ env: { KEY_POLICY: POLICY, ROLE_ALIASES: "builder=member", DEFAULT_KEY_PREFIX: "ks" } });
   });
   afterAll(async () => {
     await s?.stop();

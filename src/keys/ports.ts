@@ -1,0 +1,262 @@
+// The ports of the domain: what the key services and the Verifier need from
+// the outside, side by side. Each has a real implementation and one for dev
+// mode and tests:
+//   Store          src/store/mysql-store.ts, src/store/memory-store.ts
+//                  (both pass test/contract/store-contract.ts)
+//   UsageLimiter   src/limits/redis-usage-limiter.ts, src/limits/memory-usage-limiter.ts
+//   CreditLedger   src/limits/credit-ledger.ts (MySQL and memory)
+//   Invalidator    src/broadcast/redis-broadcast.ts, src/broadcast/local-invalidator.ts
+// Changes travel as command objects: one named field per fact, the same shape
+// at the caller and in every implementation.
+import type { RateLimitState, Role } from "../../gen/apikeys/v1/apikeys_pb.js";
+import type { Revocable } from "./policy.js";
+import type { AuditRecord, KeyRecord, LimitsRecord, MemberRecord, OrganizationRecord, VerifyRecord } from "./records.js";
+
+// ─── Store ──────────────────────────────────────────────────────────────────
+// Every query takes the organization first: a key id of another organization
+// is simply not found. Every change records its audit event atomically with it.
+
+export interface NewKey {
+  key: KeyRecord;
+  /** HMAC of the secret. */
+  hash: Buffer;
+  /** The creator's role as reported by the caller; recorded as the member's current role. */
+  creatorRole: Role;
+  /** Idempotency scope, e.g. "<caller>/<request_id>"; empty for none. */
+  requestId: string;
+  audit: AuditRecord;
+}
+
+export interface ListKeysQuery {
+  organizationId: string;
+  projectId: string; // "" = any
+  createdBy: string; // "" = any
+  showRevoked: boolean;
+  /** Return keys strictly older than this position (from a previous page), or null for the first page. */
+  after: string | null;
+  limit: number;
+}
+
+export interface AuditQuery {
+  organizationId: string;
+  /** Return events strictly older than this position (from a previous page), or null for the first page. */
+  after: string | null;
+  limit: number;
+}
+
+export interface Page<T> {
+  items: T[];
+  /** Position of the last item, to pass as `after`; null when there is nothing more. */
+  next: string | null;
+}
+
+/** What every change carries: the organization it happens in, when, and the audit event written with it. */
+export interface Change {
+  organizationId: string;
+  now: number;
+  audit: AuditRecord;
+}
+
+export interface KeyPatch {
+  name?: string;
+  scopes?: string[];
+  expireTime?: number | null;
+  metadata?: Record<string, string>;
+  limits?: LimitsRecord | null;
+}
+
+export interface UpdateKeyCommand extends Change {
+  keyId: string;
+  patch: KeyPatch;
+}
+
+export interface Rotation {
+  newHash: Buffer;
+  newPreview: string;
+  /** Until when the current secret keeps working; `now` (or earlier) ends it at once. */
+  oldSecretExpireTime: number;
+}
+
+export interface RotateKeyCommand extends Change {
+  keyId: string;
+  rotation: Rotation;
+}
+
+/**
+ * The policy's say on a revoke, in two forms that agree: whose keys the actor
+ * may revoke, known before the key is read (so a store can make it a condition
+ * of its write: one round trip), and the verdict on the stored key, whose
+ * error says why not.
+ */
+export interface RevokePermission {
+  revocable: Revocable;
+  /** Throws the refusal; called with the stored key when this call did not revoke it. */
+  check(key: KeyRecord): void;
+}
+
+export interface RevokeKeyCommand extends Change {
+  keyId: string;
+  revokedBy: string;
+  reason: string;
+  permission: RevokePermission;
+}
+
+export interface RevokeKeysCommand extends Change {
+  createdBy: string;
+  revokedBy: string;
+  reason: string;
+}
+
+export interface SetMemberRoleCommand extends Change {
+  userId: string;
+  role: Role;
+}
+
+export interface RemoveMemberCommand extends Change {
+  userId: string;
+  /** Also revoke every key the member created. */
+  revokeKeys: boolean;
+}
+
+export interface SetApiAccessCommand extends Change {
+  enabled: boolean;
+}
+
+export interface CreatedKey {
+  key: KeyRecord;
+  /** False when an earlier create with the same requestId is returned instead. */
+  created: boolean;
+  /**
+   * Whether recording creatorRole changed the membership (a new member, or a
+   * different role), so that caches holding the creator's keys must be told.
+   * Always false when created is false.
+   */
+  memberChanged: boolean;
+}
+
+/** Keys whose state changed, so caches can be told. */
+export interface ChangedKeys {
+  keyIds: string[];
+}
+
+export interface Store {
+  /** Creates the schema or brings it up to date. Safe to run from several instances at once. */
+  migrate(): Promise<void>;
+  /** Cheap liveness check of the backing database. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+
+  /**
+   * Inserts the key, its secret hash, the creator's membership (upserted to
+   * creatorRole), the organization (created enabled if new) and the audit event.
+   * With a requestId already used in the organization, inserts nothing and
+   * returns the key created first with created=false.
+   */
+  createKey(input: NewKey): Promise<CreatedKey>;
+  getKey(organizationId: string, keyId: string): Promise<KeyRecord | null>;
+  /** Newest first; stable under concurrent inserts. */
+  listKeys(query: ListKeysQuery): Promise<Page<KeyRecord>>;
+  /** The one lookup behind VerifyKey: the key (revoked or not) holding this secret hash. */
+  findByHash(hash: Buffer): Promise<VerifyRecord | null>;
+  /**
+   * Replaces a secret's stored hash (pepper rotation: the hash under the
+   * previous pepper becomes the hash under the current one), keeping its key
+   * and expiry. False when no secret has oldHash (e.g. another instance did it).
+   */
+  replaceSecretHash(oldHash: Buffer, newHash: Buffer): Promise<boolean>;
+
+  /** Changes the named fields. Null when the key does not exist in the organization or is revoked. */
+  updateKey(command: UpdateKeyCommand): Promise<KeyRecord | null>;
+  /** Adds a new secret; the current one(s) expire at oldSecretExpireTime. Null when not found or revoked. */
+  rotateKey(command: RotateKeyCommand): Promise<KeyRecord | null>;
+  /**
+   * Revokes the key if `permission` allows it, unless already revoked (then
+   * returns it unchanged with changed=false, and records no audit event).
+   * Null when not found.
+   */
+  revokeKey(command: RevokeKeyCommand): Promise<{ key: KeyRecord; changed: boolean } | null>;
+  /** Revokes every unrevoked key createdBy made in the organization; returns their ids. */
+  revokeKeysCreatedBy(command: RevokeKeysCommand): Promise<ChangedKeys>;
+
+  setMemberRole(command: SetMemberRoleCommand): Promise<MemberRecord>;
+  /** Removes the membership (idempotent); with revokeKeys also revokes the member's keys. */
+  removeMember(command: RemoveMemberCommand): Promise<ChangedKeys>;
+  setApiAccess(command: SetApiAccessCommand): Promise<OrganizationRecord>;
+  /** Newest first. */
+  listAuditEvents(query: AuditQuery): Promise<Page<AuditRecord>>;
+
+  /** Records last-used times in one batch (a key's time only ever moves forward). */
+  touchLastUsed(entries: ReadonlyMap<string, number>): Promise<void>;
+}
+
+// ─── UsageLimiter ───────────────────────────────────────────────────────────
+// Rate limits and monthly credits, for VerifyKey.
+
+/** What the limiter needs of a key (prebuilt per cached key, so a verification allocates none). */
+export interface LimitedKey {
+  readonly id: string;
+  readonly limits: LimitsRecord;
+}
+
+export type UsageVerdict = "ok" | "rate_limited" | "usage_exceeded";
+
+export interface UsageOutcome {
+  verdict: UsageVerdict;
+  /** Credits left this month, when the key has a monthly credit limit. */
+  remainingCredits?: bigint;
+  /** The tightest rate limit's state, when the key has rate limits. */
+  rateLimit?: RateLimitState;
+}
+
+export interface UsageLimiter {
+  /**
+   * Counts one request against the key's rate limits and consumes `cost`
+   * credits, atomically and across every instance: all or nothing. Called only
+   * for keys that are otherwise valid and have limits.
+   */
+  consume(key: LimitedKey, cost: number, now: number): Promise<UsageOutcome>;
+}
+
+/** A limiter as the app runs it: started and stopped with the app. */
+export interface ManagedUsageLimiter extends UsageLimiter {
+  start(): Promise<void>;
+  /** Persists the credits consumed so far (where the limiter keeps them durably). */
+  flush(): Promise<void>;
+  /** Flushes and releases connections. */
+  stop(): Promise<void>;
+}
+
+// ─── CreditLedger ───────────────────────────────────────────────────────────
+// The durable side of monthly credits: what each key had used per month as of
+// the last flush, so that a limiter whose counters were lost is re-seeded from
+// here instead of handing out a fresh month.
+
+export interface CreditUsage {
+  keyId: string;
+  /** Calendar month (UTC), "YYYYMM". */
+  month: string;
+  used: number;
+}
+
+export interface CreditLedger {
+  /** Credits the key had used in the month as last saved; 0 when never saved. */
+  load(keyId: string, month: string): Promise<number>;
+  /** Saves the entries; a saved value never lowers what is stored. */
+  save(entries: readonly CreditUsage[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+// ─── Invalidator ────────────────────────────────────────────────────────────
+// What changed in a way that affects verification. The services announce each
+// change before the RPC that made it returns; the broadcast implementation
+// makes every instance drop what it cached.
+
+export type Invalidation =
+  | { kind: "keys"; keyIds: string[] }
+  | { kind: "member"; organizationId: string; userId: string }
+  | { kind: "org"; organizationId: string };
+
+export interface Invalidator {
+  /** Resolves once no instance will answer from stale state any more. */
+  invalidate(event: Invalidation): Promise<void>;
+}
