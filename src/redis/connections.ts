@@ -117,7 +117,9 @@ export function redisClient(target: RedisTarget, role: RedisRole, options: Redis
     },
     // Keep the names the nodes announce: TLS checks the certificate against the name, not a resolved address.
     ...(tls !== undefined && { dnsLookup: (address: string, callback: (err: null, address: string) => void) => callback(null, address) }),
-    ...(failFast && { enableOfflineQueue: false }),
+    // Fail fast here too: no waiting out a failover (CLUSTERDOWN, a closed connection) by retrying for up to
+    // maxRedirections × 100 ms. The client learns the promoted replica from the next MOVED reply or slots refresh.
+    ...(failFast && { enableOfflineQueue: false, retryDelayOnClusterDown: 0, retryDelayOnFailover: 0 }),
     // Sharded pub/sub (SSUBSCRIBE): one subscriber connection per master, each channel served by its slot's master.
     ...(role === "subscriber" && { shardedSubscribers: true }),
     ...(role === "limiter" && { enableAutoPipelining: true }),

@@ -8,6 +8,7 @@
 //   const cluster = await TestRedisCluster.start({ replicas: 1 });
 //   env: { REDIS_CLUSTER_NODES: cluster.seeds }
 //   const { promoted } = await cluster.failover(await cluster.masterFor("apikeys:v1:cr:{key_1}:203101"));
+//   (or kill() and waitForPromotion() apart, to act while the cluster fails over)
 //   await cluster.stop();
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -154,16 +155,31 @@ export class TestRedisCluster {
    */
   async failover(masterPort: number, timeoutMs = 15_000): Promise<{ promoted: number; tookMs: number }> {
     const started = Date.now();
-    const slots = (await this.command(masterPort, "CLUSTER", "SLOTS")) as [number, number, [string, number, string]][];
-    const owned = slots.find((s) => Number(s[2][1]) === masterPort);
-    if (owned === undefined) throw new Error(`${masterPort} is not a master`);
+    const slot = await this.firstSlotOf(masterPort);
     await this.kill(masterPort);
-    const promoted = await until(`a replica of ${masterPort} promoted`, timeoutMs, async () => {
-      const views = await Promise.all(this.livePorts.map((p) => this.masterOfSlot(owned[0], p)));
-      return views.every((v) => v === views[0] && v !== masterPort) ? views[0] : undefined;
+    const promoted = await this.waitForPromotion(slot, masterPort, timeoutMs);
+    return { promoted, tookMs: Date.now() - started };
+  }
+
+  /** The lowest slot a master serves (to follow its slots through a failover). */
+  async firstSlotOf(masterPort: number): Promise<number> {
+    const view = await this.masterView(masterPort);
+    const owned = view.find(([, , master]) => master === masterPort);
+    if (owned === undefined) throw new Error(`${masterPort} is not a master`);
+    return owned[0];
+  }
+
+  /**
+   * After `formerMaster` was killed: waits until every surviving node agrees on
+   * another master for `slot` and the cluster is healthy; returns that master's port.
+   */
+  async waitForPromotion(slot: number, formerMaster: number, timeoutMs = 15_000): Promise<number> {
+    const promoted = await until(`a replica of ${formerMaster} promoted`, timeoutMs, async () => {
+      const views = await Promise.all(this.livePorts.map((p) => this.masterOfSlot(slot, p)));
+      return views.every((v) => v === views[0] && v !== formerMaster) ? views[0] : undefined;
     });
     await this.waitUntilHealthy(timeoutMs);
-    return { promoted, tookMs: Date.now() - started };
+    return promoted;
   }
 
   /** Starts a killed node again on its ports; it rejoins from its nodes.conf (a former master as a replica). */
