@@ -6,7 +6,7 @@
 // through its own client, all in this process, so "started" and "returned"
 // are read on one clock.
 import { VerifyCode } from "../../../gen/apikeys/v1/apikeys_pb.js";
-import { Loop, codeOf, owner, pick } from "./load.js";
+import { GRPC, Loop, codeOf, owner, pick } from "./load.js";
 
 /** What the race needs of an instance: its name and a way to call it. */
 export interface RaceTarget {
@@ -29,6 +29,11 @@ export interface RaceOptions {
   revokers: number;
   /** Background verification lanes, on top of the burst each RevokeKey's return fires. */
   verifiers: number;
+  /**
+   * Retry a RevokeKey that answered UNAVAILABLE (the change is stored, its broadcast not confirmed), as a caller
+   * would, until it answers OK; the guarantee is then checked from that answer on. Default: an error.
+   */
+  retryUnavailable?: boolean;
 }
 
 export interface RaceResult {
@@ -42,6 +47,10 @@ export interface RaceResult {
   /** Calls that failed (anything but an answer). */
   errors: string[];
   revokeMs: number[];
+  /** RevokeKeys that answered UNAVAILABLE and were retried (retryUnavailable). */
+  retried: number;
+  /** performance.now() when the last RevokeKey returned. */
+  endedAt: number;
 }
 
 export async function raceRevocations(o: RaceOptions): Promise<RaceResult> {
@@ -50,7 +59,7 @@ export async function raceRevocations(o: RaceOptions): Promise<RaceResult> {
   const hot: RaceKey[] = [];
   /** performance.now() when each key's RevokeKey returned. */
   const returnedAt = new Map<string, number>();
-  const result: RaceResult = { revoked: 0, checkedAfter: 0, lateAcceptances: [], acceptedBefore: 0, errors: [], revokeMs: [] };
+  const result: RaceResult = { revoked: 0, checkedAfter: 0, lateAcceptances: [], acceptedBefore: 0, errors: [], revokeMs: [], retried: 0, endedAt: 0 };
 
   const check = async (target: RaceTarget, key: RaceKey) => {
     const started = performance.now();
@@ -82,13 +91,24 @@ export async function raceRevocations(o: RaceOptions): Promise<RaceResult> {
       hot.push(key);
       const through = pick(o.targets);
       const started = performance.now();
-      try {
-        await through.revoke(o.organizationId, key.id);
-      } catch (err) {
-        result.errors.push(`RevokeKey on ${through.name}: ${codeOf(err)}`);
-        continue;
+      let answered = false;
+      while (!answered) {
+        try {
+          await through.revoke(o.organizationId, key.id);
+          answered = true;
+        } catch (err) {
+          if (o.retryUnavailable && codeOf(err) === GRPC.UNAVAILABLE) {
+            result.retried++;
+            await new Promise((r) => setTimeout(r, 50));
+            continue;
+          }
+          result.errors.push(`RevokeKey on ${through.name}: ${codeOf(err)}`);
+          break;
+        }
       }
+      if (!answered) continue;
       const returned = performance.now();
+      result.endedAt = returned;
       returnedAt.set(key.id, returned);
       result.revokeMs.push(returned - started);
       result.revoked++;
