@@ -8,6 +8,8 @@ import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_p
 import { file_google_rpc_status } from "../gen/google/rpc/status_pb.js";
 import { LocalInvalidator } from "./broadcast/local-invalidator.js";
 import { RedisBroadcast } from "./broadcast/redis-broadcast.js";
+import { RedisPubSub } from "./broadcast/redis-pubsub.js";
+import { redisClient } from "./redis/connections.js";
 import type { Config } from "./config.js";
 import { ExtAuthz, extAuthzBinding } from "./envoy/ext-authz.js";
 import { SecretHasher } from "./keys/hashing.js";
@@ -87,11 +89,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const broadcast = config.dev
     ? null
     : new RedisBroadcast({
-        redis: config.redis,
+        // The broadcast's own client (publisher role: publishes fail at once while disconnected, never queue).
+        pubsub: new RedisPubSub(redisClient(config.redis, "publisher")),
         cache,
         logger,
+        peppers: config.previousPepper === null ? [config.pepper] : [config.pepper, config.previousPepper],
         leaseMs: config.cacheLeaseMs,
-        now,
         deliveryDelayMs: overrides.broadcastDeliveryDelayMs,
       });
   const invalidator: Invalidator = broadcast ?? new LocalInvalidator(cache);

@@ -10,10 +10,12 @@
 // Correctness rules:
 // - Every invalidation bumps `generation`; a database load that started before
 //   an invalidation does not populate the cache (it may hold pre-change state).
-// - The cache is used only while trusted: until `trustedUntil`. A single
-//   instance trusts it forever; with the Redis broadcast, trust is a lease the
-//   instance renews by receiving its own pings through Redis, so an instance
-//   that might be missing invalidations stops using its cache by itself.
+// - The cache is used only while trusted: until `trustedUntil`, a deadline on
+//   the monotonic clock (a wall-clock step must not extend it). A single
+//   instance trusts it forever; with the broadcast, trust is a lease the
+//   instance renews by receiving its own pings back through Redis, so an
+//   instance that might be missing invalidations stops using its cache by
+//   itself (see docs/revocation.md).
 import { LRUCache } from "lru-cache";
 import { AnswerSlabs, type EncodedVerifyKeyResponse, encodeAnswer } from "./answer.js";
 import type { Invalidation, LimitedKey } from "./ports.js";
@@ -60,7 +62,11 @@ export interface VerifyCacheOptions {
   maxEntries: number;
   ttlMs: number;
   negativeTtlMs: number;
+  /** The clock of the trust lease: monotonic milliseconds (performance.now); tests pass a fake one. */
+  monotonicNow?: () => number;
 }
+
+const performanceNow = (): number => performance.now();
 
 export function buildEntry(record: VerifyRecord, now: number): VerifyEntry {
   const key = record.key;
@@ -106,7 +112,9 @@ function sharedScopeRules(scopes: readonly string[]): ScopeRules {
 export class VerifyCache {
   /** Bumped by every invalidation; see the file comment. */
   generation = 0;
+  /** On the monotonic clock (`monotonicNow`), not the `now` callers pass: that one is wall-clock time. */
   private trustedUntil = Number.POSITIVE_INFINITY;
+  private readonly monotonicNow: () => number;
   private readonly lru: LRUCache<string, CacheValue>;
   private readonly negativeTtlMs: number;
   // Secondary indexes of positive entries, so an invalidation touches only the
@@ -141,15 +149,16 @@ export class VerifyCache {
       },
     });
     this.negativeTtlMs = options.negativeTtlMs;
+    this.monotonicNow = options.monotonicNow ?? performanceNow;
   }
 
-  isTrusted(now: number): boolean {
-    return now < this.trustedUntil;
+  isTrusted(): boolean {
+    return this.monotonicNow() < this.trustedUntil;
   }
 
-  /** The cached value, or undefined on a miss (also whenever the cache is not trusted at `now`). */
+  /** The cached value, or undefined on a miss (also whenever the cache is not trusted now). `now` is wall-clock time, for TTLs. */
   get(cacheKey: string, now: number): CacheValue | undefined {
-    if (now >= this.trustedUntil) return undefined;
+    if (this.monotonicNow() >= this.trustedUntil) return undefined;
     this.clock = now;
     const hit = this.lru.get(cacheKey);
     if (hit === undefined) {
@@ -162,7 +171,7 @@ export class VerifyCache {
 
   /** Stores a load result unless an invalidation happened since `generation` was read. */
   set(cacheKey: string, value: CacheValue, generation: number, now: number): void {
-    if (now >= this.trustedUntil || generation !== this.generation) return;
+    if (generation !== this.generation || this.monotonicNow() >= this.trustedUntil) return;
     this.clock = now;
     this.lru.set(cacheKey, value, value === UNKNOWN ? { ttl: this.negativeTtlMs } : undefined);
     if (isKnown(value)) {
@@ -197,7 +206,7 @@ export class VerifyCache {
     this.lru.clear();
   }
 
-  /** Trusts the cache until `until` (epoch ms), unless already trusted for longer. */
+  /** Trusts the cache until `until` (monotonic ms, see monotonicNow), unless already trusted for longer. */
   trustUntil(until: number): void {
     if (until > this.trustedUntil) this.trustedUntil = until;
   }

@@ -77,7 +77,7 @@ export class Metrics {
       counter(registers, "apikeys_verify_cache_misses_total", "Verifications the cache could not answer.", () => cache.misses);
       gauge(registers, "apikeys_verify_cache_entries", "Entries in the verification cache (known and unknown keys).", () => cache.size);
       gauge(registers, "apikeys_verify_cache_trusted", "1 while this instance may answer from its cache (its Redis lease is current).", () =>
-        cache.isTrusted(Date.now()) ? 1 : 0,
+        cache.isTrusted() ? 1 : 0,
       );
     }
     if (broadcast) {
@@ -86,6 +86,9 @@ export class Metrics {
       counter(registers, "apikeys_broadcast_ack_timeouts_total", "Invalidations not acknowledged by every instance in time (the cache lease covered them).", () => s.acksTimedOut);
       counter(registers, "apikeys_broadcast_received_total", "Invalidations received from Redis.", () => s.received);
       counter(registers, "apikeys_broadcast_reconnects_total", "Times the Redis subscriber reconnected (the cache was emptied).", () => s.reconnects);
+      counter(registers, "apikeys_broadcast_rejected_total", "Broadcast messages rejected by validation (bad signature or shape); each emptied the cache.", () => s.rejected);
+      counter(registers, "apikeys_broadcast_subscription_lost_total", "Times the broadcast subscription was lost (the cache was unused until subscribed again).", () => s.lost);
+      gauge(registers, "apikeys_broadcast_last_waited_for", "Other instances the last invalidation waited for (those whose cache lease could still run).", () => s.lastWaitedFor);
       gauge(registers, "apikeys_broadcast_last_ack_seconds", "Time from publishing the last invalidation to every instance's acknowledgement.", () => s.lastAckMs / 1000);
       gauge(registers, "apikeys_broadcast_last_receivers", "Instances (this one included) the last invalidation reached; each must acknowledge it.", () => s.lastReceivers);
     }

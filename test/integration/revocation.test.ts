@@ -31,7 +31,7 @@ describe("revocation across instances (MariaDB + Redis)", () => {
     a = await startServer({ databaseUrl: db.url, env });
     [b, c] = await Promise.all([startServer({ databaseUrl: db.url, env }), startServer({ databaseUrl: db.url, env })]);
     // Every instance trusts its cache once its first ping has come back.
-    await until(() => [a, b, c].every((s) => s.app.cache!.isTrusted(Date.now())));
+    await until(() => [a, b, c].every((s) => s.app.cache!.isTrusted()));
   });
 
   afterAll(async () => {
@@ -97,7 +97,7 @@ describe("revocation across instances (MariaDB + Redis)", () => {
     const env = { REDIS_URL: redis.url, CACHE_LEASE_MS: "1000" };
     const [slow, stalled] = await Promise.all([startServer({ databaseUrl: db.url, env }), startServer({ databaseUrl: db.url, env })]);
     try {
-      await until(() => slow.app.cache!.isTrusted(Date.now()) && stalled.app.cache!.isTrusted(Date.now()));
+      await until(() => slow.app.cache!.isTrusted() && stalled.app.cache!.isTrusted());
       // 200 ms behind: the revoking call waits for its ack.
       // 3 s behind, longer than lease + margin: the revoking call stops waiting, but the
       // instance's lease has run out by then, so it no longer trusts its cache.
@@ -125,7 +125,7 @@ describe("revocation across instances (MariaDB + Redis)", () => {
 
     await redis.kill();
     // The subscriber notices the dropped connection and stops trusting its cache.
-    await until(() => [a, b, c].every((s) => !s.app.cache!.isTrusted(Date.now())));
+    await until(() => [a, b, c].every((s) => !s.app.cache!.isTrusted()));
     // A revocation that cannot be broadcast is stored but reported UNAVAILABLE, so the caller retries.
     await expect(a.connect.revokeKey({ organizationId: "org_f", keyId: key!.id, actor: owner })).rejects.toMatchObject({
       code: 14,
@@ -136,7 +136,7 @@ describe("revocation across instances (MariaDB + Redis)", () => {
     }
 
     await redis.restart();
-    await until(() => [a, b, c].every((s) => s.app.cache!.isTrusted(Date.now())), 10_000);
+    await until(() => [a, b, c].every((s) => s.app.cache!.isTrusted()), 10_000);
     // The retry now succeeds, and caching resumes.
     await a.connect.revokeKey({ organizationId: "org_f", keyId: key!.id, actor: owner });
     await b.grpc.call("verifyKey", { key: other.secret });

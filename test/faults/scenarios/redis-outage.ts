@@ -53,7 +53,7 @@ export function redisOutageSuite(o: RedisOutageOptions): void {
       const env = { REDIS_URL: redis.url, CACHE_LEASE_MS: String(LEASE_MS), CREDIT_FLUSH_SECONDS: "1" };
       servers.push(await startServer({ databaseUrl: db.url, env })); // the first one migrates
       servers.push(...(await Promise.all(Array.from({ length: o.instances - 1 }, () => startServer({ databaseUrl: db.url, env })))));
-      await until("every instance trusts its cache", () => servers.every((s) => s.app.cache!.isTrusted(Date.now())), 10_000);
+      await until("every instance trusts its cache", () => servers.every((s) => s.app.cache!.isTrusted()), 10_000);
     });
 
     afterAll(async () => {
@@ -153,7 +153,7 @@ export function redisOutageSuite(o: RedisOutageOptions): void {
             outage = true;
             const distrustMs = await until(
               "every instance stops trusting its cache",
-              () => servers.every((s) => !s.app.cache!.isTrusted(Date.now())),
+              () => servers.every((s) => !s.app.cache!.isTrusted()),
               LEASE_MS + MARGIN_MS,
             );
             const outageStarted = Date.now();
@@ -177,7 +177,7 @@ export function redisOutageSuite(o: RedisOutageOptions): void {
             await redis.restart();
             const reconnectMs = await until(
               "every instance trusts its cache again",
-              () => servers.every((s) => s.app.cache!.isTrusted(Date.now())),
+              () => servers.every((s) => s.app.cache!.isTrusted()),
               10_000,
             );
             outage = false;
