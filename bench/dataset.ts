@@ -11,7 +11,9 @@ import type { Pool, RowDataPacket } from "mysql2/promise";
 import { Role } from "../gen/apikeys/v1/apikeys_pb.js";
 import { SecretHasher } from "../src/keys/hashing.js";
 import { generateSecret, newKeyId, previewOf } from "../src/keys/key-format.js";
-import { runMigrations } from "../src/store/migrate.js";
+import { migrationsDirectory, runMigrations } from "../src/store/migrate.js";
+import { nextPosition } from "../src/store/positions.js";
+import { readdirSync } from "node:fs";
 
 /** Rows per INSERT: ~0.5 MB statements, far below max_allowed_packet. */
 const BATCH = 2000;
@@ -23,11 +25,16 @@ export const DATASET_SCOPES = ["documents:read"];
 
 export interface Dataset {
   readonly size: number;
-  /** mysql://…/apikeys_bench_<size>, for the service's MYSQL_URL. */
+  /** mysql://…/apikeys_bench_<size>_s<schema version>, for the service's MYSQL_URL. */
   readonly url: string;
   /** `count` secrets of distinct keys picked at random (all of them, in order, when count ≥ size). */
   secrets(count: number): Promise<string[]>;
   close(): Promise<void>;
+}
+
+/** The number of the newest migration, e.g. 3. */
+function schemaVersion(): number {
+  return Math.max(...readdirSync(migrationsDirectory()).map((f) => Number.parseInt(f, 10)).filter((n) => Number.isFinite(n)));
 }
 
 export function sizeLabel(size: number): string {
@@ -38,7 +45,9 @@ export function sizeLabel(size: number): string {
 
 /** Opens the dataset of `size` keys, loading it first if it is missing or incomplete. */
 export async function openDataset(serverUrl: string, size: number, pepper: string, log: (line: string) => void): Promise<Dataset> {
-  const url = `${serverUrl.replace(/\/+$/, "")}/apikeys_bench_${sizeLabel(size)}`;
+  // Named for the schema version too: a bench run of another checkout (the server is shared) never
+  // migrates a dataset under the feet of one on an older schema.
+  const url = `${serverUrl.replace(/\/+$/, "")}/apikeys_bench_${sizeLabel(size)}_s${schemaVersion()}`;
   await runMigrations(url, 5000);
   const pool = mysql.createPool({ uri: url, connectionLimit: WRITERS, timezone: "Z", charset: "UTF8MB4_BIN" });
   try {
@@ -90,7 +99,7 @@ async function load(pool: Pool, size: number, loaded: number, hasher: SecretHash
   // Anything but a complete smaller dataset starts again from nothing.
   let from = loaded;
   if (from < 0 || from > size) {
-    for (const table of ["api_keys", "key_secrets", "members", "organizations", "bench_secrets"]) await pool.query(`TRUNCATE TABLE ${table}`);
+    for (const table of ["api_keys", "key_secrets", "key_lookup", "members", "organizations", "bench_secrets"]) await pool.query(`TRUNCATE TABLE ${table}`);
     from = 0;
   }
   const orgs = Math.ceil(size / KEYS_PER_ORG);
@@ -117,24 +126,28 @@ async function load(pool: Pool, size: number, loaded: number, hasher: SecretHash
 async function writeBatch(pool: Pool, seq: number, count: number, orgs: number, hasher: SecretHasher, now: Date): Promise<void> {
   const keys: unknown[][] = [];
   const hashes: unknown[][] = [];
+  const lookups: unknown[][] = [];
   const secrets: unknown[][] = [];
   const scopes = JSON.stringify(DATASET_SCOPES);
   for (let i = 0; i < count; i++) {
     const org = (seq + i - 1) % orgs;
     const secret = generateSecret("sk");
     const id = newKeyId();
-    keys.push([id, `org_${org}`, `bench key ${seq + i}`, "sk", previewOf(secret), scopes, `user_${org}`, now, now, "{}"]);
-    hashes.push([hasher.hash(secret), id]);
+    const hash = hasher.hash(secret);
+    keys.push([nextPosition(), id, `org_${org}`, `bench key ${seq + i}`, "sk", previewOf(secret), scopes, `user_${org}`, now, now, "{}"]);
+    hashes.push([`org_${org}`, hash, id]);
+    lookups.push([hash, `org_${org}`, id]);
     secrets.push([seq + i, secret]);
   }
   const conn = await pool.getConnection();
   try {
     await conn.beginTransaction();
     await conn.query(
-      "INSERT INTO api_keys (id, organization_id, name, prefix, preview, scopes, created_by, create_time, update_time, metadata) VALUES ?",
+      "INSERT INTO api_keys (seq, id, organization_id, name, prefix, preview, scopes, created_by, create_time, update_time, metadata) VALUES ?",
       [keys],
     );
-    await conn.query("INSERT INTO key_secrets (hash, key_id) VALUES ?", [hashes]);
+    await conn.query("INSERT INTO key_secrets (organization_id, hash, key_id) VALUES ?", [hashes]);
+    await conn.query("INSERT INTO key_lookup (hash, organization_id, key_id) VALUES ?", [lookups]);
     await conn.query("INSERT INTO bench_secrets (seq, secret) VALUES ?", [secrets]);
     await conn.commit();
   } catch (err) {

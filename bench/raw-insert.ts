@@ -1,10 +1,11 @@
-// CreateKey's yardstick: the rows one CreateKey adds (the key, its secret
-// hash, the audit event, and the organization and creator when they are new),
+// CreateKey's yardstick: the rows one CreateKey adds (the hash's lookup row,
+// the key, its secret hash, the audit event, and the organization and creator when they are new),
 // written with plain mysql2 statements in one transaction — no gRPC, no
 // validation, no read-back — at the same concurrency, against the same database.
 import type { Pool } from "mysql2/promise";
 import { SecretHasher } from "../src/keys/hashing.js";
 import { generateSecret, newKeyId, previewOf, randomBase62 } from "../src/keys/key-format.js";
+import { nextPosition } from "../src/store/positions.js";
 import { Samples } from "./stats.js";
 
 export interface RawResult {
@@ -19,6 +20,7 @@ export interface RawResult {
 /** The audit row the service writes with a change, by an owner through the bench's caller. */
 function auditRow(organizationId: string, userId: string, action: string, keyId: string, details: string, now: Date) {
   return {
+    seq: nextPosition(),
     id: `evt_${randomBase62(20)}`,
     organization_id: organizationId,
     time: now,
@@ -35,11 +37,15 @@ async function insertOne(pool: Pool, hasher: SecretHasher, organizationId: strin
   const secret = generateSecret("sk");
   const id = newKeyId();
   const now = new Date();
+  const hash = hasher.hash(secret);
   const conn = await pool.getConnection();
   try {
+    // The lookup row on its own, before the transaction, as the store writes it.
+    await conn.query("INSERT INTO key_lookup (hash, organization_id, key_id) VALUES (?, ?, ?)", [hash, organizationId, id]);
     await conn.beginTransaction();
     await conn.query("INSERT INTO api_keys SET ?", [
       {
+        seq: nextPosition(),
         id,
         organization_id: organizationId,
         project_id: "",
@@ -53,7 +59,7 @@ async function insertOne(pool: Pool, hasher: SecretHasher, organizationId: strin
         metadata: "{}",
       },
     ]);
-    await conn.query("INSERT INTO key_secrets (hash, key_id, expire_time) VALUES (?, ?, NULL)", [hasher.hash(secret), id]);
+    await conn.query("INSERT INTO key_secrets (organization_id, hash, key_id, expire_time) VALUES (?, ?, ?, NULL)", [organizationId, hash, id]);
     await conn.query("INSERT IGNORE INTO organizations (id, api_access_enabled, update_time) VALUES (?, TRUE, ?)", [organizationId, now]);
     await conn.query("INSERT IGNORE INTO members (organization_id, user_id, role, update_time) VALUES (?, ?, 4, ?)", [
       organizationId,

@@ -849,7 +849,7 @@ export async function memory(b: Bench): Promise<void> {
       scenario: "7. last-used writes per verification",
       target: "≤ 1%",
       verdict: !wrongBusy && share <= 0.01 ? "PASS" : "FAIL",
-      notes: wrongBusy ?? `${writes} UPDATE statements (${end.storeCalls.touchLastUsed ?? 0} flushes) for ${verifications} verifications (${(share * 100).toFixed(4)}%)`,
+      notes: wrongBusy ?? `${writes} UPDATE round trips (${end.storeCalls.touchLastUsed ?? 0} flushes) for ${verifications} verifications (${(share * 100).toFixed(4)}%)`,
     });
   } finally {
     await child.stop();

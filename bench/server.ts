@@ -91,10 +91,12 @@ function instrumentedStore(store: Store, calls: Record<string, number>, latencie
       if (typeof value !== "function" || typeof prop !== "string") return value;
       return (...args: unknown[]) => {
         calls[prop] = (calls[prop] ?? 0) + 1;
-        // What MariaDB sees: one UPDATE per LAST_USED_CHUNK keys of a flush.
+        // What MariaDB sees: one round trip per LAST_USED_CHUNK keys of a flush (UPDATEs of one
+        // organization each, those of small organizations sent together).
         if (prop === "touchLastUsed") {
-          const statements = Math.ceil((args[0] as ReadonlyMap<string, number>).size / LAST_USED_CHUNK);
-          calls.lastUsedUpdates = (calls.lastUsedUpdates ?? 0) + statements;
+          let keys = 0;
+          for (const times of (args[0] as ReadonlyMap<string, ReadonlyMap<string, number>>).values()) keys += times.size;
+          calls.lastUsedUpdates = (calls.lastUsedUpdates ?? 0) + Math.ceil(keys / LAST_USED_CHUNK);
         }
         const started = performance.now();
         const result = value.apply(target, args);

@@ -19,7 +19,6 @@ import { LastUsedTracker } from "./keys/last-used.js";
 import { OrganizationService } from "./keys/organization-service.js";
 import { Verifier } from "./keys/verifier.js";
 import { VerifyCache } from "./keys/verify-cache.js";
-import { MemoryCreditLedger, MySqlCreditLedger } from "./limits/credit-ledger.js";
 import { MemoryUsageLimiter } from "./limits/memory-usage-limiter.js";
 import { RedisUsageLimiter } from "./limits/redis-usage-limiter.js";
 import type { ManagedUsageLimiter } from "./keys/ports.js";
@@ -108,7 +107,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     ? new MemoryUsageLimiter()
     : new RedisUsageLimiter({
         redis: config.redis,
-        ledger: store instanceof MySqlStore ? MySqlCreditLedger.open(config.mysqlUrl) : new MemoryCreditLedger(),
+        ledger: store.creditLedger(),
         flushIntervalMs: config.creditFlushMs,
         logger,
       });

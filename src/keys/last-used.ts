@@ -1,9 +1,12 @@
 // Last-used times are collected in memory and written in one batch per
 // interval, so a verification never waits for (or causes) a database write.
+// Kept by organization (the store writes each organization's on its own), and
+// without allocating per verification once a key's organization is known.
 import type { Store } from "./ports.js";
 
 export class LastUsedTracker {
-  private pending = new Map<string, number>();
+  /** Organization → key → last-used time. */
+  private pending = new Map<string, Map<string, number>>();
   private timer: NodeJS.Timeout | null = null;
   private flushing: Promise<void> | null = null;
   /** Batches written, for metrics and tests. */
@@ -15,8 +18,10 @@ export class LastUsedTracker {
     private readonly onError: (err: unknown) => void = () => {},
   ) {}
 
-  touch(keyId: string, now: number): void {
-    this.pending.set(keyId, now);
+  touch(organizationId: string, keyId: string, now: number): void {
+    let keys = this.pending.get(organizationId);
+    if (keys === undefined) this.pending.set(organizationId, (keys = new Map()));
+    keys.set(keyId, now);
   }
 
   start(): void {
@@ -37,7 +42,13 @@ export class LastUsedTracker {
         this.writes++;
       })
       .catch((err) => {
-        for (const [id, t] of batch) if ((this.pending.get(id) ?? 0) < t) this.pending.set(id, t);
+        for (const [organizationId, keys] of batch) {
+          for (const [id, t] of keys) {
+            let pending = this.pending.get(organizationId);
+            if (pending === undefined) this.pending.set(organizationId, (pending = new Map()));
+            if ((pending.get(id) ?? 0) < t) pending.set(id, t);
+          }
+        }
         this.onError(err);
       })
       .finally(() => {

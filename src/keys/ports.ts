@@ -161,9 +161,10 @@ export interface Store {
   /**
    * Replaces a secret's stored hash (pepper rotation: the hash under the
    * previous pepper becomes the hash under the current one), keeping its key
-   * and expiry. False when no secret has oldHash (e.g. another instance did it).
+   * (the organization's key keyId) and expiry. False when no secret has oldHash
+   * (e.g. another instance did it).
    */
-  replaceSecretHash(oldHash: Buffer, newHash: Buffer): Promise<boolean>;
+  replaceSecretHash(organizationId: string, keyId: string, oldHash: Buffer, newHash: Buffer): Promise<boolean>;
 
   /** Changes the named fields. Null when the key does not exist in the organization or is revoked. */
   updateKey(command: UpdateKeyCommand): Promise<KeyRecord | null>;
@@ -185,8 +186,11 @@ export interface Store {
   /** Newest first. */
   listAuditEvents(query: AuditQuery): Promise<Page<AuditRecord>>;
 
-  /** Records last-used times in one batch (a key's time only ever moves forward). */
-  touchLastUsed(entries: ReadonlyMap<string, number>): Promise<void>;
+  /** Records last-used times (organization → key → time) in one batch (a key's time only ever moves forward). */
+  touchLastUsed(entries: ReadonlyMap<string, ReadonlyMap<string, number>>): Promise<void>;
+
+  /** The durable side of monthly credits, kept beside the keys (its close() leaves the store open). */
+  creditLedger(): CreditLedger;
 }
 
 // ─── UsageLimiter ───────────────────────────────────────────────────────────
@@ -195,6 +199,8 @@ export interface Store {
 /** What the limiter needs of a key (prebuilt per cached key, so a verification allocates none). */
 export interface LimitedKey {
   readonly id: string;
+  /** Where the ledger keeps the key's credits (the sharding key). */
+  readonly organizationId: string;
   readonly limits: LimitsRecord;
 }
 
@@ -232,6 +238,7 @@ export interface ManagedUsageLimiter extends UsageLimiter {
 // here instead of handing out a fresh month.
 
 export interface CreditUsage {
+  organizationId: string;
   keyId: string;
   /** Calendar month (UTC), "YYYYMM". */
   month: string;
@@ -239,8 +246,8 @@ export interface CreditUsage {
 }
 
 export interface CreditLedger {
-  /** Credits the key had used in the month as last saved; 0 when never saved. */
-  load(keyId: string, month: string): Promise<number>;
+  /** Credits the key (of the organization) had used in the month as last saved; 0 when never saved. */
+  load(organizationId: string, keyId: string, month: string): Promise<number>;
   /** Saves the entries; a saved value never lowers what is stored. */
   save(entries: readonly CreditUsage[]): Promise<void>;
   close(): Promise<void>;

@@ -111,7 +111,7 @@ export class Verifier {
     const previous = this.hasher.previousHash(secret);
     if (previous === null) return null;
     const record = await this.store.findByHash(previous);
-    if (record !== null && (await this.store.replaceSecretHash(previous, hash))) this.stats.rehashed++;
+    if (record !== null && (await this.store.replaceSecretHash(record.key.organizationId, record.key.id, previous, hash))) this.stats.rehashed++;
     return record;
   }
 
@@ -141,7 +141,7 @@ export class Verifier {
    */
   private respond(entry: VerifyEntry, code: VerifyCode, now: number, usage: UsageOutcome | undefined): VerifyKeyResponse {
     this.stats.byCode[code]++;
-    if (code === VerifyCode.VALID) this.lastUsed.touch(entry.keyId, now);
+    if (code === VerifyCode.VALID) this.lastUsed.touch(entry.organizationId, entry.keyId, now);
     if (usage !== undefined) return withUsage(entry.answer, code, usage.remainingCredits, usage.rateLimit);
     const answer = entry.answer;
     if (answer.code === code) return answer;

@@ -75,7 +75,7 @@ export function buildEntry(record: VerifyRecord, now: number): VerifyEntry {
     organizationId: shared(key.organizationId),
     createdBy: shared(key.createdBy),
     expireTime: expiryOf(record),
-    limited: key.limits === null ? null : { id: key.id, limits: key.limits },
+    limited: key.limits === null ? null : { id: key.id, organizationId: key.organizationId, limits: key.limits },
     scopes: sharedScopeRules(key.scopes),
     answer: encodeAnswer(record, stateAtLoad(record), now),
     other: null,

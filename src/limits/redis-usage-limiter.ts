@@ -119,8 +119,8 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
   private readonly flushIntervalMs: number;
   private readonly logger: Logger;
   private readonly months = new MonthClock();
-  /** Credits counters changed since the last flush. */
-  private dirty = new Set<string>();
+  /** Credits counters changed since the last flush, with their key's organization. */
+  private dirty = new Map<string, string>();
   /** Ledger loads in flight, by credits counter: concurrent first uses share one. */
   private readonly seeding = new Map<string, Promise<number>>();
   private timer: NodeJS.Timeout | null = null;
@@ -158,7 +158,7 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
       if (load !== undefined) {
         reply = await this.run(minuteKey, dayKey, creditsKey, limits, cost, await this.seed(load));
       } else {
-        load = this.ledger.load(id, month);
+        load = this.ledger.load(key.organizationId, id, month);
         this.seeding.set(creditsKey, load);
         this.seeds++;
         try {
@@ -172,7 +172,7 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
       }
     }
     const verdict = VERDICTS[reply[0]];
-    if (verdict === "ok" && cost > 0 && limits.monthlyCredits > 0) this.dirty.add(creditsKey);
+    if (verdict === "ok" && cost > 0 && limits.monthlyCredits > 0) this.dirty.set(creditsKey, key.organizationId);
     return usageOutcome(limits, verdict, reply[1], reply[2], reply[3], now);
   }
 
@@ -183,15 +183,15 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
   flush(): Promise<void> {
     if (this.flushing) return this.flushing.then(() => this.flush());
     if (this.dirty.size === 0) return Promise.resolve();
-    const batch = [...this.dirty];
-    this.dirty = new Set();
+    const batch = this.dirty;
+    this.dirty = new Map();
     this.flushing = this.write(batch)
       .then(() => {
         this.flushes++;
       })
       .catch((err) => {
-        for (const k of batch) this.dirty.add(k);
-        this.logger.warn({ err: String(err), counters: batch.length }, "saving consumed credits failed; will retry");
+        for (const [k, organizationId] of batch) if (!this.dirty.has(k)) this.dirty.set(k, organizationId);
+        this.logger.warn({ err: String(err), counters: batch.size }, "saving consumed credits failed; will retry");
       })
       .finally(() => {
         this.flushing = null;
@@ -240,7 +240,8 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
     }
   }
 
-  private async write(batch: string[]): Promise<void> {
+  private async write(dirty: ReadonlyMap<string, string>): Promise<void> {
+    const batch = [...dirty.keys()];
     const entries: CreditUsage[] = [];
     for (let i = 0; i < batch.length; i += FLUSH_CHUNK) {
       const chunk = batch.slice(i, i + FLUSH_CHUNK);
@@ -254,6 +255,7 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
         if (value === null) return;
         const counter = chunk[j];
         entries.push({
+          organizationId: dirty.get(counter)!,
           keyId: counter.slice(CREDITS_PREFIX.length, -CREDITS_SUFFIX_LENGTH),
           month: counter.slice(-6),
           used: Number(value),

@@ -14,6 +14,7 @@ import {
 import { mayRevokeCreatedBy } from "../keys/policy.js";
 import type {
   AuditQuery,
+  CreditLedger,
   ChangedKeys,
   CreatedKey,
   ListKeysQuery,
@@ -29,6 +30,7 @@ import type {
   UpdateKeyCommand,
 } from "../keys/ports.js";
 import { unchangedByRevoke } from "./unchanged-by-revoke.js";
+import { MemoryCreditLedger } from "../limits/credit-ledger.js";
 
 /** The revoke reason of keys revoked because their creator left the organization. */
 const MEMBER_REMOVED_REASON = "member removed";
@@ -58,6 +60,7 @@ export class MemoryStore implements Store {
   /** Oldest first. */
   private readonly audit: { seq: number; record: AuditRecord }[] = [];
   private nextSeq = 1;
+  private readonly credits = new MemoryCreditLedger();
 
   async migrate(): Promise<void> {}
 
@@ -206,19 +209,27 @@ export class MemoryStore implements Store {
     return pageOf(rows, limit);
   }
 
-  async replaceSecretHash(oldHash: Buffer, newHash: Buffer): Promise<boolean> {
+  async replaceSecretHash(organizationId: string, keyId: string, oldHash: Buffer, newHash: Buffer): Promise<boolean> {
     const secret = this.secrets.get(oldHash.toString("hex"));
-    if (secret === undefined) return false;
+    if (secret === undefined || secret.keyId !== keyId || this.find(organizationId, keyId) === null) return false;
     this.secrets.delete(oldHash.toString("hex"));
     this.secrets.set(newHash.toString("hex"), secret);
     return true;
   }
 
-  async touchLastUsed(entries: ReadonlyMap<string, number>): Promise<void> {
-    for (const [keyId, time] of entries) {
-      const key = this.keys.get(keyId)?.record;
-      if (key !== undefined && (key.lastUsedTime === null || key.lastUsedTime < time)) key.lastUsedTime = time;
+  async touchLastUsed(entries: ReadonlyMap<string, ReadonlyMap<string, number>>): Promise<void> {
+    for (const [organizationId, times] of entries) {
+      for (const [keyId, time] of times) {
+        const key = this.find(organizationId, keyId);
+        if (key !== null && (key.lastUsedTime === null || key.lastUsedTime < time)) key.lastUsedTime = time;
+      }
     }
+  }
+
+  creditLedger(): CreditLedger {
+    const ledger = this.credits;
+    // The store's ledger outlives a limiter's stop().
+    return { load: (o, k, m) => ledger.load(o, k, m), save: (entries) => ledger.save(entries), close: () => Promise.resolve() };
   }
 
   /** The stored record itself (not a copy), or null when not in this organization. */

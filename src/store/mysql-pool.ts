@@ -41,6 +41,22 @@ const UNAVAILABLE_CODES = new Set([
   "ER_QUERY_INTERRUPTED",
 ]);
 
+/**
+ * Sees every statement the service sends to MySQL, before it is sent: the
+ * SQL as written (placeholders and all) and its values, and the session it
+ * runs on (transactions are the statements between START TRANSACTION and
+ * COMMIT or ROLLBACK of one session). For tests (test/helpers/statements.ts);
+ * null, the default, costs one comparison per statement.
+ */
+export type StatementHook = (session: object, sql: string, values: readonly unknown[] | undefined) => void;
+
+let statementHook: StatementHook | null = null;
+
+/** Installs (or with null removes) the process's StatementHook. */
+export function recordStatements(hook: StatementHook | null): void {
+  statementHook = hook;
+}
+
 /** A pooled connection whose every statement fails after QUERY_TIMEOUT_MS. */
 export class TimedConnection {
   /**
@@ -53,7 +69,18 @@ export class TimedConnection {
   constructor(private readonly conn: PoolConnection) {}
 
   query<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Promise<[T, FieldPacket[]]> {
+    if (statementHook !== null) statementHook(this.conn, sql, values as unknown[] | undefined);
+    return this.send<T>(sql, values);
+  }
+
+  /** Sends without telling the StatementHook: statements it was told of one by one, joined. */
+  send<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Promise<[T, FieldPacket[]]> {
     return this.timed(this.conn.query<T>({ sql, timeout: QUERY_TIMEOUT_MS }, values));
+  }
+
+  /** Tells the StatementHook of a statement sent later (queued in a transaction). */
+  record(sql: string, values: QueryValues | undefined): void {
+    if (statementHook !== null) statementHook(this.conn, sql, values as unknown[] | undefined);
   }
 
   /**
@@ -65,6 +92,7 @@ export class TimedConnection {
    * statement that overran it breaks its connection as a query timeout does.
    */
   execute<T extends QueryResult>(sql: string, values: ExecuteValues): Promise<[T, FieldPacket[]]> {
+    if (statementHook !== null) statementHook(this.conn, sql, values as unknown[]);
     const statement = this.conn.execute<T>({ sql }, values);
     return this.timed(
       withinDeadline(
@@ -124,6 +152,8 @@ export type Queryable = Pick<TimedConnection, "query">;
  */
 export interface Transaction extends Queryable {
   later<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Slot<T>;
+  /** Sends what is queued, without COMMIT. */
+  send(): Promise<void>;
   /** Sends what is queued and COMMIT (the transaction's end; without it, COMMIT follows the work). */
   commit(): Promise<void>;
 }
@@ -138,27 +168,38 @@ export interface TransactionOptions {
   /**
    * READ COMMITTED: locking reads of rows that do not exist take no gap locks,
    * so transactions that lock rows they may be about to insert do not deadlock
-   * each other over the gap between them.
+   * each other over the gap between them. Only while pipelining (vtgate does
+   * not take SET TRANSACTION): without, such deadlocks are retried.
    */
   readCommitted?: boolean;
+  /**
+   * Statements run on their own (autocommitted) before the transaction starts,
+   * in the same round trip when pipelining: the lookup rows of another shard
+   * (see key_lookup in migrations/003_sharding.sql).
+   */
+  before?: readonly [sql: string, values: QueryValues][];
 }
 
 class PipelinedTransaction implements Transaction {
-  private pending: string[];
-  private slots: (Slot<unknown> | undefined)[];
+  private pending: string[] = [];
+  private slots: (Slot<unknown> | undefined)[] = [];
   committed = false;
 
   constructor(
     private readonly conn: TimedConnection,
     options: TransactionOptions,
+    /** False: every statement is its own round trip (vtgate takes no multi-statement queries). */
+    private readonly pipelining: boolean,
   ) {
-    this.pending = options.readCommitted ? ["SET TRANSACTION ISOLATION LEVEL READ COMMITTED", "START TRANSACTION"] : ["START TRANSACTION"];
-    this.slots = this.pending.map(() => undefined);
+    for (const [sql, values] of options.before ?? []) this.later(sql, values);
+    if (options.readCommitted && pipelining) this.later("SET TRANSACTION ISOLATION LEVEL READ COMMITTED");
+    this.later("START TRANSACTION");
   }
 
   later<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Slot<T> {
     if (this.committed) throw new Error("the transaction has been committed");
     const slot: Slot<T> = {};
+    this.conn.record(sql, values);
     this.pending.push(values === undefined ? sql : this.conn.format(sql, values));
     this.slots.push(slot as Slot<unknown>);
     return slot;
@@ -168,6 +209,11 @@ class PipelinedTransaction implements Transaction {
     if (this.pending.length === 0) return this.conn.query<T>(sql, values);
     this.later(sql, values);
     return this.flush<T>();
+  }
+
+  /** Sends what is queued (the statements' results land in their slots). */
+  async send(): Promise<void> {
+    if (this.pending.length > 0) await this.flush();
   }
 
   async commit(): Promise<void> {
@@ -183,12 +229,15 @@ class PipelinedTransaction implements Transaction {
     const slots = this.slots;
     this.pending = [];
     this.slots = [];
-    if (batch.length === 1) {
-      const answer = await this.conn.query<T>(batch[0]);
-      if (slots[0]) slots[0].result = answer[0];
-      return answer;
+    if (batch.length === 1 || !this.pipelining) {
+      let answer: [T, FieldPacket[]] | undefined;
+      for (let i = 0; i < batch.length; i++) {
+        answer = await this.conn.send<T>(batch[i]);
+        if (slots[i]) slots[i]!.result = answer[0];
+      }
+      return answer!;
     }
-    const [results, fields] = await this.conn.query<QueryResult[] & T>(batch.join(";\n"));
+    const [results, fields] = await this.conn.send<QueryResult[] & T>(batch.join(";\n"));
     for (let i = 0; i < slots.length; i++) if (slots[i]) slots[i]!.result = results[i];
     const last = batch.length - 1;
     return [results[last] as T, (fields as unknown as FieldPacket[][])[last]];
@@ -196,7 +245,7 @@ class PipelinedTransaction implements Transaction {
 }
 
 /** A pool with the options every user of it needs: UTC times, the schema's collation, exact big numbers. */
-export function createPool(url: string, connectionLimit: number): Pool {
+export function createPool(url: string, connectionLimit: number, pipelining = true): Pool {
   return mysql.createPool({
     uri: url,
     connectionLimit,
@@ -211,7 +260,7 @@ export function createPool(url: string, connectionLimit: number): Pool {
     // Transactions send their statements in batches (see Transaction). Every
     // value reaches SQL through placeholders, never by concatenation, so this
     // widens nothing an attacker controls.
-    multipleStatements: true,
+    multipleStatements: pipelining,
     // No stack capture per statement (it was 8% of a CreateKey's CPU); errors
     // keep the driver's own stack.
     trace: false,
@@ -227,7 +276,15 @@ export class TimedPool {
   /** Transactions InnoDB rolled back as a deadlock's victim (each ran again, up to TRANSACTION_ATTEMPTS). */
   deadlocks = 0;
 
-  constructor(readonly pool: Pool) {}
+  /**
+   * @param pipelining Send a transaction's statements in batches, as
+   * multi-statement queries (one round trip for most transactions). Off for
+   * vtgate, which takes one statement per query (MYSQL_PIPELINING=false).
+   */
+  constructor(
+    readonly pool: Pool,
+    readonly pipelining = true,
+  ) {}
 
   /**
    * A connection from the pool, waiting at most QUERY_TIMEOUT_MS: when every
@@ -268,7 +325,7 @@ export class TimedPool {
     for (let attempt = 1; ; attempt++) {
       const conn = await this.acquire();
       try {
-        const tx = new PipelinedTransaction(conn, options);
+        const tx = new PipelinedTransaction(conn, options, this.pipelining);
         const result = await work(tx);
         await tx.commit();
         return result;
@@ -280,8 +337,10 @@ export class TimedPool {
             conn.broken = true;
           });
         }
-        if (errorCode(err) !== "ER_LOCK_DEADLOCK") throw err;
-        this.deadlocks++;
+        const deadlock = errorCode(err) === "ER_LOCK_DEADLOCK";
+        // Two instances made the same page position (see positions.ts): run again, with new ones.
+        if (!deadlock && !duplicatePrimaryKey(err)) throw err;
+        if (deadlock) this.deadlocks++;
         if (attempt === TRANSACTION_ATTEMPTS) throw err;
       } finally {
         conn.release();
@@ -307,6 +366,11 @@ export async function guard<T>(work: () => Promise<T>): Promise<T> {
 /** Does the error say the database could not answer, rather than that the statement was refused? */
 export function databaseUnavailable(err: unknown): boolean {
   return (err as { fatal?: unknown })?.fatal === true || UNAVAILABLE_CODES.has(errorCode(err) ?? "");
+}
+
+/** A duplicate in a table's primary key (MariaDB: `for key 'PRIMARY'`, MySQL 8: `for key 'api_keys.PRIMARY'`). */
+export function duplicatePrimaryKey(err: unknown): boolean {
+  return errorCode(err) === "ER_DUP_ENTRY" && /for key '(?:\w+\.)?PRIMARY'/.test(String((err as Error).message));
 }
 
 export function errorCode(err: unknown): string | undefined {

@@ -1,17 +1,24 @@
-// The MySQL/MariaDB store. All SQL of the service lives here and in the
-// migrations. Times are DATETIME(3) holding UTC; the pool's timezone "Z" makes
-// mysql2 read and write them as UTC, so epoch milliseconds survive exactly.
+// The MySQL/MariaDB store. All SQL of the service lives here, in
+// keys-table.ts and in the migrations. Times are DATETIME(3) holding UTC; the
+// pool's timezone "Z" makes mysql2 read and write them as UTC, so epoch
+// milliseconds survive exactly.
+//
+// Every statement names the organization it is about (the sharding key under
+// Vitess: see docs/vitess.md), and every transaction is about one
+// organization; the only statements keyed otherwise are those on key_lookup,
+// keyed by hash. test/integration/statement-shards.test.ts checks both.
 import type { Pool, ResultSetHeader, RowDataPacket } from "mysql2/promise";
 import type { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import {
   type AuditRecord,
   type KeyRecord,
-  type LimitsRecord,
   type MemberRecord,
   type OrganizationRecord,
   type VerifyRecord,
   normalizeLimits,
 } from "../keys/records.js";
+import { KEY_INSERT_COLUMNS, KEY_SELECT, type KeyRow, insertValues, limitValues, toKey } from "./keys-table.js";
+import { nextPosition } from "./positions.js";
 import { unavailable } from "../keys/errors.js";
 import { runMigrations } from "./migrate.js";
 import {
@@ -23,6 +30,7 @@ import {
   type Transaction,
   createPool,
   databaseUnavailable,
+  duplicatePrimaryKey,
   errorCode,
   guard,
   noConnectionInTime,
@@ -31,6 +39,8 @@ import type {
   AuditQuery,
   ChangedKeys,
   CreatedKey,
+  CreditLedger,
+  CreditUsage,
   ListKeysQuery,
   NewKey,
   Page,
@@ -47,59 +57,38 @@ import { unchangedByRevoke } from "./unchanged-by-revoke.js";
 
 /** Keys per last-used UPDATE: small enough not to stall the event loop or MariaDB, large enough to stay rare. */
 export const LAST_USED_CHUNK = 1000;
+/** Rows per credit_usage INSERT: keeps each statement well under max_allowed_packet. */
+const CREDIT_CHUNK = 1000;
 
 /** The revoke reason of keys revoked because their creator left the organization. */
 const MEMBER_REMOVED_REASON = "member removed";
 
 
-const KEY_COLUMNS = `k.seq, k.id, k.organization_id, k.project_id, k.name, k.prefix, k.preview, k.scopes,
-  k.created_by, k.create_time, k.update_time, k.expire_time, k.last_used_time, k.revoke_time, k.revoked_by,
-  k.revoke_reason, k.rotate_time, k.previous_secret_expire_time, k.metadata, k.requests_per_minute,
-  k.requests_per_day, k.monthly_credits`;
+/**
+ * VerifyKey's first query: which organization (shard) holds the key whose
+ * secret has this hash. key_lookup is sharded by hash (a Vitess lookup table),
+ * so this is a point lookup on one shard.
+ */
+export const LOOKUP_HASH_SQL = "SELECT organization_id, key_id FROM key_lookup WHERE hash = ?";
 
 /**
- * VerifyKey's one query: a primary-key lookup of the hash, joined by unique
- * keys to the key, its creator's membership and the organization.
+ * VerifyKey's second query, on the organization's shard: the secret by
+ * primary key, joined on the organization to the key, its creator's
+ * membership and the organization.
  */
-export const FIND_BY_HASH_SQL = `SELECT ${KEY_COLUMNS}, s.expire_time AS secret_expire_time,
+export const FIND_BY_HASH_SQL = `SELECT ${KEY_SELECT}, s.expire_time AS secret_expire_time,
   m.role AS member_role, o.api_access_enabled
 FROM key_secrets s
-JOIN api_keys k ON k.id = s.key_id
-LEFT JOIN members m ON m.organization_id = k.organization_id AND m.user_id = k.created_by
-LEFT JOIN organizations o ON o.id = k.organization_id
-WHERE s.hash = ?`;
+JOIN api_keys k ON k.organization_id = s.organization_id AND k.id = s.key_id
+LEFT JOIN members m ON m.organization_id = s.organization_id AND m.user_id = k.created_by
+LEFT JOIN organizations o ON o.id = s.organization_id
+WHERE s.organization_id = ? AND s.hash = ?`;
 
-interface KeyRow extends RowDataPacket {
-  seq: string;
-  id: string;
-  organization_id: string;
-  project_id: string;
-  name: string;
-  prefix: string;
-  preview: string;
-  scopes: string;
-  created_by: string;
-  create_time: Date;
-  update_time: Date;
-  expire_time: Date | null;
-  last_used_time: Date | null;
-  revoke_time: Date | null;
-  revoked_by: string;
-  revoke_reason: string;
-  rotate_time: Date | null;
-  previous_secret_expire_time: Date | null;
-  metadata: string;
-  requests_per_minute: number | null;
-  requests_per_day: number | null;
-  /** BIGINT: a string, as the pool returns every big number. */
-  monthly_credits: string | null;
-}
-
-interface VerifyRow extends KeyRow {
+type VerifyRow = KeyRow & {
   secret_expire_time: Date | null;
   member_role: number | null;
   api_access_enabled: number | null;
-}
+};
 
 interface AuditRow extends RowDataPacket {
   seq: string;
@@ -159,14 +148,19 @@ export class MySqlStore implements Store {
   private constructor(
     pool: Pool,
     private readonly url: string,
+    pipelining: boolean,
   ) {
-    this.db = new TimedPool(pool);
+    this.db = new TimedPool(pool, pipelining);
   }
 
-  /** Creates the connection pool (connections are opened on demand); does not migrate. */
-  static async open(url: string, options: { poolSize?: number } = {}): Promise<MySqlStore> {
-    const pool = createPool(url, options.poolSize ?? 10);
-    return new MySqlStore(pool, url);
+  /**
+   * Creates the connection pool (connections are opened on demand); does not migrate.
+   * pipelining: see TimedPool (false for vtgate).
+   */
+  static async open(url: string, options: { poolSize?: number; pipelining?: boolean } = {}): Promise<MySqlStore> {
+    const pipelining = options.pipelining ?? true;
+    const pool = createPool(url, options.poolSize ?? 10, pipelining);
+    return new MySqlStore(pool, url, pipelining);
   }
 
   migrate(): Promise<void> {
@@ -227,7 +221,7 @@ export class MySqlStore implements Store {
         continue;
       }
       if (this.createLanesBusy >= (waited >= CREATE_SPILL_MS ? CREATE_LANES_MAX : CREATE_LANES)) break;
-      const batch = this.creates.splice(0, CREATE_BATCH_MAX);
+      const batch = this.takeBatch();
       this.createLanesBusy++;
       void this.writeCreates(batch).finally(() => {
         this.createLanesBusy--;
@@ -240,6 +234,24 @@ export class MySqlStore implements Store {
         this.startCreateBatches();
       }, CREATE_SPILL_MS);
     }
+  }
+
+  /**
+   * The oldest waiting create and those of its organization queued after it,
+   * up to CREATE_BATCH_MAX: a transaction is about one organization (one
+   * shard under Vitess). The others keep their places.
+   */
+  private takeBatch(): QueuedCreate[] {
+    const organizationId = this.creates[0].input.key.organizationId;
+    const batch: QueuedCreate[] = [];
+    let kept = 0;
+    for (let i = 0; i < this.creates.length; i++) {
+      const create = this.creates[i];
+      if (batch.length < CREATE_BATCH_MAX && create.input.key.organizationId === organizationId) batch.push(create);
+      else this.creates[kept++] = create;
+    }
+    this.creates.length = kept;
+    return batch;
   }
 
   private async writeCreates(batch: QueuedCreate[]): Promise<void> {
@@ -270,12 +282,16 @@ export class MySqlStore implements Store {
       } catch (err) {
         if (input.requestId !== "" && errorCode(err) === "ER_DUP_ENTRY") {
           const [rows] = await this.db.run((db) =>
-            db.query<KeyRow[]>(`SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.request_id = ?`, [
+            db.query<KeyRow[]>(`SELECT ${KEY_SELECT} FROM api_keys k WHERE k.organization_id = ? AND k.request_id = ?`, [
               key.organizationId,
               input.requestId,
             ]),
           );
-          if (rows.length > 0) return { key: toKey(rows[0]), created: false, memberChanged: false };
+          if (rows.length > 0) {
+            // The lookup row written ahead of the refused insert points at no secret; it goes.
+            await this.db.run((db) => db.query("DELETE FROM key_lookup WHERE hash = ?", [input.hash]));
+            return { key: toKey(rows[0]), created: false, memberChanged: false };
+          }
         }
         throw err;
       }
@@ -284,8 +300,13 @@ export class MySqlStore implements Store {
 
   /** The keys written in one transaction (see insertKeys). */
   private insertKeys(inputs: NewKey[]): Promise<Omit<CreatedKey, "created">[]> {
-    // Read committed: insertKeys locks its creators' member rows, existing or not (see there).
-    return this.db.transaction((tx) => insertKeys(tx, inputs), { readCommitted: true });
+    // Read committed: insertKeys locks its creators' member rows, existing or not (see there). The
+    // lookup rows go first, on their own (their shard is the hash's, not the organization's): a lookup
+    // row without its secret (the transaction failed) finds nothing, a secret is never without one.
+    return this.db.transaction((tx) => insertKeys(tx, inputs), {
+      readCommitted: true,
+      before: [lookupInsert(inputs.map((input) => [input.hash, input.key.organizationId, input.key.id]))],
+    });
   }
 
   getKey(organizationId: string, keyId: string): Promise<KeyRecord | null> {
@@ -311,7 +332,7 @@ export class MySqlStore implements Store {
     params.push(query.limit + 1);
     return guard(async () => {
       const [rows] = await this.db.run((db) =>
-        db.query<KeyRow[]>(`SELECT ${KEY_COLUMNS} FROM api_keys k WHERE ${where.join(" AND ")} ORDER BY k.seq DESC LIMIT ?`, params),
+        db.query<KeyRow[]>(`SELECT ${KEY_SELECT} FROM api_keys k WHERE ${where.join(" AND ")} ORDER BY k.seq DESC LIMIT ?`, params),
       );
       return pageOf(rows, query.limit, toKey);
     });
@@ -319,8 +340,13 @@ export class MySqlStore implements Store {
 
   findByHash(hash: Buffer): Promise<VerifyRecord | null> {
     return guard(async () => {
-      // A prepared statement: the hot path skips parsing on every call.
-      const [rows] = await this.db.run((db) => db.execute<VerifyRow[]>(FIND_BY_HASH_SQL, [hash]));
+      // Prepared statements: the hot path skips parsing on every call. Two point lookups, each routed
+      // to one shard: the hash's (key_lookup), then the organization's.
+      const rows = await this.db.run(async (db) => {
+        const [found] = await db.execute<RowDataPacket[]>(LOOKUP_HASH_SQL, [hash]);
+        if (found.length === 0) return [];
+        return (await db.execute<VerifyRow[]>(FIND_BY_HASH_SQL, [found[0].organization_id, hash]))[0];
+      });
       if (rows.length === 0) return null;
       const row = rows[0];
       return {
@@ -339,7 +365,7 @@ export class MySqlStore implements Store {
     if (patch.scopes !== undefined) columns.scopes = JSON.stringify(patch.scopes);
     if (patch.expireTime !== undefined) columns.expire_time = toDate(patch.expireTime);
     if (patch.metadata !== undefined) columns.metadata = JSON.stringify(patch.metadata);
-    if (patch.limits !== undefined) Object.assign(columns, limitColumns(patch.limits));
+    if (patch.limits !== undefined) Object.assign(columns, limitValues(patch.limits));
     return guard(() =>
       this.db.transaction(async (conn) => {
         // A revoked key is never changed; checked in the write itself, so a racing revoke cannot slip in between.
@@ -357,30 +383,46 @@ export class MySqlStore implements Store {
   rotateKey({ organizationId, keyId, rotation, now, audit }: RotateKeyCommand): Promise<KeyRecord | null> {
     const graceEnd = rotation.oldSecretExpireTime;
     const graceOver = graceEnd <= now;
-    return guard(() =>
-      this.db.transaction(async (conn) => {
-        // Lock the key row first, so concurrent rotations of one key queue here.
-        const [res] = await conn.query<ResultSetHeader>(
-          `UPDATE api_keys SET preview = ?, rotate_time = ?, previous_secret_expire_time = ?, update_time = ?
-           WHERE organization_id = ? AND id = ? AND revoke_time IS NULL`,
-          [rotation.newPreview, toDate(now), graceOver ? null : toDate(graceEnd), toDate(now), organizationId, keyId],
-        );
-        if (res.affectedRows === 0) return null;
-        // Secrets whose grace is over are deleted rather than kept expired, so a key holds only its live secrets.
-        if (graceOver) {
-          await conn.query("DELETE FROM key_secrets WHERE key_id = ?", [keyId]);
-        } else {
-          await conn.query("DELETE FROM key_secrets WHERE key_id = ? AND expire_time <= ?", [keyId, toDate(now)]);
-          await conn.query(
-            "UPDATE key_secrets SET expire_time = LEAST(COALESCE(expire_time, ?), ?) WHERE key_id = ?",
-            [toDate(graceEnd), toDate(graceEnd), keyId],
+    return guard(async () => {
+      const { key, deleted } = await this.db.transaction(
+        async (conn) => {
+          // Lock the key row first, so concurrent rotations of one key queue here.
+          const [res] = await conn.query<ResultSetHeader>(
+            `UPDATE api_keys SET preview = ?, rotate_time = ?, previous_secret_expire_time = ?, update_time = ?
+             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL`,
+            [rotation.newPreview, toDate(now), graceOver ? null : toDate(graceEnd), toDate(now), organizationId, keyId],
           );
-        }
-        await conn.query("INSERT INTO key_secrets (hash, key_id, expire_time) VALUES (?, ?, NULL)", [rotation.newHash, keyId]);
-        insertAudit(conn, audit);
-        return selectKey(conn, organizationId, keyId);
-      }),
-    );
+          if (res.affectedRows === 0) return { key: null, deleted: [rotation.newHash] };
+          // Secrets whose grace is over are deleted rather than kept expired, so a key holds only its live secrets.
+          const ending = graceOver ? "" : " AND expire_time <= ?";
+          const endingValues = graceOver ? [] : [toDate(now)];
+          const gone = conn.later<RowDataPacket[]>(
+            `SELECT hash FROM key_secrets WHERE organization_id = ? AND key_id = ?${ending} FOR UPDATE`,
+            [organizationId, keyId, ...endingValues],
+          );
+          conn.later(`DELETE FROM key_secrets WHERE organization_id = ? AND key_id = ?${ending}`, [organizationId, keyId, ...endingValues]);
+          if (!graceOver) {
+            conn.later(
+              "UPDATE key_secrets SET expire_time = LEAST(COALESCE(expire_time, ?), ?) WHERE organization_id = ? AND key_id = ?",
+              [toDate(graceEnd), toDate(graceEnd), organizationId, keyId],
+            );
+          }
+          conn.later("INSERT INTO key_secrets (organization_id, hash, key_id, expire_time) VALUES (?, ?, ?, NULL)", [
+            organizationId,
+            rotation.newHash,
+            keyId,
+          ]);
+          insertAudit(conn, audit);
+          const key = await selectKey(conn, organizationId, keyId);
+          return { key, deleted: gone.result!.map((r) => r.hash as Buffer) };
+        },
+        { before: [lookupInsert([[rotation.newHash, organizationId, keyId]])] },
+      );
+      // The deleted secrets' lookup rows (or the unused new one), after the commit: a lookup row without
+      // its secret finds nothing, so one left behind by a failure here is harmless.
+      if (deleted.length > 0) await this.db.run((db) => db.query("DELETE FROM key_lookup WHERE hash IN (?)", [deleted])).catch(() => {});
+      return key;
+    });
   }
 
   async revokeKey({ organizationId, keyId, revokedBy, reason, now, audit, permission }: RevokeKeyCommand): Promise<{ key: KeyRecord; changed: boolean } | null> {
@@ -396,9 +438,15 @@ export class MySqlStore implements Store {
             `UPDATE api_keys SET ${REVOKED} WHERE organization_id = ? AND id = ? AND revoke_time IS NULL${revocable.kind === "own" ? " AND created_by = ?" : ""}`,
             [...revokedValues(revokedBy, reason, now), organizationId, keyId, ...(revocable.kind === "own" ? [revocable.userId] : [])],
           );
-          insertAudit(tx, audit, "ROW_COUNT() = 1");
+          if (this.db.pipelining) {
+            insertAudit(tx, audit, "ROW_COUNT() = 1");
+          } else {
+            // vtgate takes no INSERT … SELECT … WHERE ROW_COUNT(): one more round trip to ask.
+            await tx.send();
+            if (update.result!.affectedRows === 1) insertAudit(tx, audit);
+          }
         }
-        const select = tx.later<KeyRow[]>(`SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.id = ?`, [
+        const select = tx.later<KeyRow[]>(`SELECT ${KEY_SELECT} FROM api_keys k WHERE k.organization_id = ? AND k.id = ?`, [
           organizationId,
           keyId,
         ]);
@@ -475,44 +523,137 @@ export class MySqlStore implements Store {
     });
   }
 
-  replaceSecretHash(oldHash: Buffer, newHash: Buffer): Promise<boolean> {
+  replaceSecretHash(organizationId: string, keyId: string, oldHash: Buffer, newHash: Buffer): Promise<boolean> {
     return guard(async () => {
-      const [result] = await this.db.run((db) => db.query<ResultSetHeader>("UPDATE key_secrets SET hash = ? WHERE hash = ?", [newHash, oldHash]));
-      return result.affectedRows === 1;
+      // The new hash's lookup row first, the old one's after (see insertKeys' lookup rows).
+      await this.db.run((db) => db.query(...lookupInsert([[newHash, organizationId, keyId]])));
+      const [result] = await this.db.run((db) =>
+        db.query<ResultSetHeader>("UPDATE key_secrets SET hash = ? WHERE organization_id = ? AND hash = ?", [newHash, organizationId, oldHash]),
+      );
+      const replaced = result.affectedRows === 1;
+      await this.db.run((db) => db.query("DELETE FROM key_lookup WHERE hash = ?", [replaced ? oldHash : newHash]));
+      return replaced;
     });
   }
 
-  touchLastUsed(entries: ReadonlyMap<string, number>): Promise<void> {
+  touchLastUsed(entries: ReadonlyMap<string, ReadonlyMap<string, number>>): Promise<void> {
     if (entries.size === 0) return Promise.resolve();
     return guard(async () => {
-      // In chunks, one after another: a single statement for every key used in an interval (tens of
-      // thousands under load) blocked the event loop while it was formatted and held a connection and
-      // MariaDB's CPU long enough to show in verification tail latency.
-      const all = [...entries];
-      for (let at = 0; at < all.length; at += LAST_USED_CHUNK) {
-        const chunk = all.slice(at, at + LAST_USED_CHUNK);
-        const rows: string[] = [];
-        const params: unknown[] = [];
-        for (const [keyId, time] of chunk) {
-          rows.push(rows.length === 0 ? "SELECT ? AS id, CAST(? AS DATETIME(3)) AS t" : "SELECT ?, CAST(? AS DATETIME(3))");
-          params.push(keyId, toDate(time));
-        }
-        await this.db.run((db) =>
-          db.query(
-            `UPDATE api_keys k JOIN (${rows.join(" UNION ALL ")}) v ON k.id = v.id
-             SET k.last_used_time = GREATEST(COALESCE(k.last_used_time, v.t), v.t)`,
+      // One organization per statement (one shard). In chunks, one after another: a single statement for
+      // every key used in an interval (tens of thousands under load) blocked the event loop while it was
+      // formatted and held a connection and MariaDB's CPU long enough to show in verification tail latency.
+      // With pipelining, the statements of several small organizations share a round trip.
+      const statements: [string, unknown[], number][] = [];
+      for (const [organizationId, times] of entries) {
+        const all = [...times];
+        for (let at = 0; at < all.length; at += LAST_USED_CHUNK) {
+          const chunk = all.slice(at, at + LAST_USED_CHUNK);
+          const params: unknown[] = [];
+          for (const [keyId, time] of chunk) params.push(keyId, toDate(time), toDate(time));
+          params.push(organizationId, chunk.map(([keyId]) => keyId));
+          statements.push([
+            `UPDATE api_keys SET last_used_time = CASE id ${"WHEN ? THEN IF(last_used_time >= CAST(? AS DATETIME(3)), last_used_time, CAST(? AS DATETIME(3))) ".repeat(chunk.length)}END
+             WHERE organization_id = ? AND id IN (?)`,
             params,
-          ),
-        );
+            chunk.length,
+          ]);
+        }
       }
+      await this.runEach(statements, LAST_USED_CHUNK);
+    });
+  }
+
+  /**
+   * The credit ledger, on this store's pool: credit_usage rows by organization, key and month.
+   * close() leaves the pool to the store.
+   */
+  creditLedger(): CreditLedger {
+    return {
+      load: (organizationId, keyId, month) =>
+        guard(async () => {
+          const [rows] = await this.db.run((db) =>
+            db.query<RowDataPacket[]>("SELECT used FROM credit_usage WHERE organization_id = ? AND key_id = ? AND month = ?", [
+              organizationId,
+              keyId,
+              month,
+            ]),
+          );
+          return rows.length === 0 ? 0 : Number(rows[0].used);
+        }),
+      save: (entries) => guard(() => this.saveCredits(entries)),
+      close: () => Promise.resolve(),
+    };
+  }
+
+  private async saveCredits(entries: readonly CreditUsage[]): Promise<void> {
+    const byOrganization = new Map<string, CreditUsage[]>();
+    for (const e of entries) {
+      const list = byOrganization.get(e.organizationId);
+      if (list === undefined) byOrganization.set(e.organizationId, [e]);
+      else list.push(e);
+    }
+    const statements: [string, unknown[], number][] = [];
+    for (const [organizationId, usage] of byOrganization) {
+      for (let i = 0; i < usage.length; i += CREDIT_CHUNK) {
+        const chunk = usage.slice(i, i + CREDIT_CHUNK);
+        const params: (string | number)[] = [];
+        for (const e of chunk) params.push(organizationId, e.keyId, e.month, e.used);
+        // `used` never goes down: writes keep the larger value. VALUES() rather than the row alias:
+        // MariaDB does not support the alias.
+        statements.push([
+          `INSERT INTO credit_usage (organization_id, key_id, month, used, update_time) VALUES ${list(chunk.length, "(?, ?, ?, ?, UTC_TIMESTAMP(3))")}
+           ON DUPLICATE KEY UPDATE
+             update_time = IF(VALUES(used) > used, VALUES(update_time), update_time),
+             used = GREATEST(used, VALUES(used))`,
+          params,
+          chunk.length,
+        ]);
+      }
+    }
+    await this.runEach(statements, CREDIT_CHUNK);
+  }
+
+  /**
+   * Runs independent (autocommitted) statements [sql, values, rows] on one connection, in order.
+   * With pipelining, small ones share a round trip, up to `rowsPerTrip` rows (so a flush of many
+   * small organizations costs the round trips of one large one).
+   */
+  private runEach(statements: [string, unknown[], number][], rowsPerTrip: number): Promise<void> {
+    return this.db.run(async (db) => {
+      if (!this.db.pipelining) {
+        for (const [sql, values] of statements) await db.query(sql, values);
+        return;
+      }
+      let batch: string[] = [];
+      let weight = 0;
+      for (const [sql, values, rows] of statements) {
+        db.record(sql, values);
+        batch.push(db.format(sql, values));
+        weight += rows;
+        if (weight >= rowsPerTrip) {
+          await db.send(batch.join(";\n"));
+          batch = [];
+          weight = 0;
+        }
+      }
+      if (batch.length > 0) await db.send(batch.join(";\n"));
     });
   }
 }
 
 
 
+/** The key_lookup rows of these secrets ([hash, organization, key]), as one statement (a repeat overwrites: see createOne). */
+function lookupInsert(rows: [hash: Buffer, organizationId: string, keyId: string][]): [string, unknown[]] {
+  return [
+    `INSERT INTO key_lookup (hash, organization_id, key_id) VALUES ${list(rows.length, "(?, ?, ?)")}
+     ON DUPLICATE KEY UPDATE organization_id = VALUES(organization_id), key_id = VALUES(key_id)`,
+    rows.flat(),
+  ];
+}
+
 async function selectKey(db: Queryable, organizationId: string, keyId: string): Promise<KeyRecord | null> {
-  const [rows] = await db.query<KeyRow[]>(`SELECT ${KEY_COLUMNS} FROM api_keys k WHERE k.organization_id = ? AND k.id = ?`, [
+  const [rows] = await db.query<KeyRow[]>(`SELECT ${KEY_SELECT} FROM api_keys k WHERE k.organization_id = ? AND k.id = ?`, [
     organizationId,
     keyId,
   ]);
@@ -528,15 +669,14 @@ async function selectKey(db: Queryable, organizationId: string, keyId: string): 
 async function insertKeys(tx: Transaction, inputs: NewKey[]): Promise<Omit<CreatedKey, "created">[]> {
   // The keys go first: a concurrent retry of the same request waits on its unique (organization, request)
   // entry and then fails with a duplicate before it has touched anything else.
-  const keyRows = inputs.map((input) => ({ ...keyColumns(input.key), request_id: input.requestId === "" ? null : input.requestId }));
-  const columns = Object.keys(keyRows[0]);
+  const columns = ["seq", ...KEY_INSERT_COLUMNS, "request_id"];
   tx.later(
-    `INSERT INTO api_keys (${columns.join(", ")}) VALUES ${tuples(keyRows.length, columns.length)}`,
-    keyRows.flatMap((row) => Object.values(row)),
+    `INSERT INTO api_keys (${columns.join(", ")}) VALUES ${tuples(inputs.length, columns.length)}`,
+    inputs.flatMap((input) => [nextPosition(), ...insertValues(input.key), input.requestId === "" ? null : input.requestId]),
   );
   tx.later(
-    `INSERT INTO key_secrets (hash, key_id, expire_time) VALUES ${list(inputs.length, "(?, ?, NULL)")}`,
-    inputs.flatMap((input) => [input.hash, input.key.id]),
+    `INSERT INTO key_secrets (organization_id, hash, key_id, expire_time) VALUES ${list(inputs.length, "(?, ?, ?, NULL)")}`,
+    inputs.flatMap((input) => [input.key.organizationId, input.hash, input.key.id]),
   );
   // Rows are locked in one order (organization, user) by every batch, so concurrent batches never deadlock.
   const byCreator = [...inputs].sort((a, b) => compareCreators(a.key, b.key));
@@ -613,11 +753,12 @@ function upsertMember(tx: Transaction, organizationId: string, userId: string, r
   );
 }
 
-const AUDIT_COLUMNS = "id, organization_id, time, actor_user_id, actor_role, caller, action, key_id, details";
-const AUDIT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const AUDIT_COLUMNS = "seq, id, organization_id, time, actor_user_id, actor_role, caller, action, key_id, details";
+const AUDIT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 function auditValues(audit: AuditRecord): unknown[] {
   return [
+    nextPosition(),
     audit.id,
     audit.organizationId,
     toDate(audit.time),
@@ -648,9 +789,13 @@ function revokedValues(revokedBy: string, reason: string, now: number): unknown[
   return [toDate(now), revokedBy, reason, toDate(now)];
 }
 
-/** Revokes the keys at these positions (rows the caller has locked). */
-function revokeSeqs(tx: Transaction, seqs: string[], revokedBy: string, reason: string, now: number): void {
-  tx.later(`UPDATE api_keys SET ${REVOKED} WHERE seq IN (?)`, [...revokedValues(revokedBy, reason, now), seqs.map(BigInt)]);
+/** Revokes the organization's keys at these positions (rows the caller has locked). */
+function revokeSeqs(tx: Transaction, organizationId: string, seqs: string[], revokedBy: string, reason: string, now: number): void {
+  tx.later(`UPDATE api_keys SET ${REVOKED} WHERE organization_id = ? AND seq IN (?)`, [
+    ...revokedValues(revokedBy, reason, now),
+    organizationId,
+    seqs.map(BigInt),
+  ]);
 }
 
 async function revokeCreatedBy(
@@ -665,7 +810,7 @@ async function revokeCreatedBy(
     "SELECT seq, id FROM api_keys WHERE organization_id = ? AND created_by = ? AND revoke_time IS NULL FOR UPDATE",
     [organizationId, createdBy],
   );
-  if (rows.length > 0) revokeSeqs(conn, rows.map((r) => r.seq as string), revokedBy, reason, now);
+  if (rows.length > 0) revokeSeqs(conn, organizationId, rows.map((r) => r.seq as string), revokedBy, reason, now);
   return { keyIds: rows.map((r) => r.id as string) };
 }
 
@@ -675,71 +820,6 @@ function pageOf<R extends { seq: string }, T>(rows: R[], limit: number, map: (ro
   return {
     items: items.map(map),
     next: rows.length > limit && items.length > 0 ? items[items.length - 1].seq : null,
-  };
-}
-
-function keyColumns(key: KeyRecord): Record<string, unknown> {
-  return {
-    id: key.id,
-    organization_id: key.organizationId,
-    project_id: key.projectId,
-    name: key.name,
-    prefix: key.prefix,
-    preview: key.preview,
-    scopes: JSON.stringify(key.scopes),
-    created_by: key.createdBy,
-    create_time: toDate(key.createTime),
-    update_time: toDate(key.updateTime),
-    expire_time: toDate(key.expireTime),
-    last_used_time: toDate(key.lastUsedTime),
-    revoke_time: toDate(key.revokeTime),
-    revoked_by: key.revokedBy,
-    revoke_reason: key.revokeReason,
-    rotate_time: toDate(key.rotateTime),
-    previous_secret_expire_time: toDate(key.previousSecretExpireTime),
-    metadata: JSON.stringify(key.metadata),
-    ...limitColumns(key.limits),
-  };
-}
-
-/** No limits, or all of them 0 (unlimited), are stored alike: three NULLs. */
-function limitColumns(limits: LimitsRecord | null): Record<string, number | null> {
-  const stored = normalizeLimits(limits);
-  return {
-    requests_per_minute: stored?.requestsPerMinute ?? null,
-    requests_per_day: stored?.requestsPerDay ?? null,
-    monthly_credits: stored?.monthlyCredits ?? null,
-  };
-}
-
-function toKey(row: KeyRow): KeyRecord {
-  return {
-    id: row.id,
-    organizationId: row.organization_id,
-    projectId: row.project_id,
-    name: row.name,
-    prefix: row.prefix,
-    preview: row.preview,
-    scopes: JSON.parse(row.scopes) as string[],
-    createdBy: row.created_by,
-    createTime: row.create_time.getTime(),
-    updateTime: row.update_time.getTime(),
-    expireTime: toMs(row.expire_time),
-    lastUsedTime: toMs(row.last_used_time),
-    revokeTime: toMs(row.revoke_time),
-    revokedBy: row.revoked_by,
-    revokeReason: row.revoke_reason,
-    rotateTime: toMs(row.rotate_time),
-    previousSecretExpireTime: toMs(row.previous_secret_expire_time),
-    metadata: JSON.parse(row.metadata) as Record<string, string>,
-    limits:
-      row.requests_per_minute === null
-        ? null
-        : {
-            requestsPerMinute: row.requests_per_minute,
-            requestsPerDay: row.requests_per_day ?? 0,
-            monthlyCredits: Number(row.monthly_credits ?? 0),
-          },
   };
 }
 

@@ -316,12 +316,12 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const current = secretHash();
         await store.rotateKey({ organizationId: org, keyId: key.id, rotation: { newHash: current, newPreview: "p", oldSecretExpireTime: T0 + 10 * MINUTE }, now: T0, audit: auditRecord(org, "key.rotate") });
         const rehashed = secretHash();
-        expect(await store.replaceSecretHash(input.hash, rehashed)).toBe(true);
+        expect(await store.replaceSecretHash(org, key.id, input.hash, rehashed)).toBe(true);
         expect(await store.findByHash(input.hash)).toBeNull();
         expect(await store.findByHash(rehashed)).toMatchObject({ key: { id: key.id }, secretExpireTime: T0 + 10 * MINUTE });
         // The key's other secret is untouched; a second replacement (another instance, later) finds nothing.
         expect((await store.findByHash(current))!.secretExpireTime).toBeNull();
-        expect(await store.replaceSecretHash(input.hash, secretHash())).toBe(false);
+        expect(await store.replaceSecretHash(org, key.id, input.hash, secretHash())).toBe(false);
       });
     });
 
@@ -626,23 +626,39 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const a = (await create(org)).key;
         const b = (await create(org)).key;
         const c = (await create(org)).key;
+        const other = uid("org");
+        const d = (await create(other)).key;
         await store.touchLastUsed(
           new Map([
-            [a.id, T0 + 10],
-            [b.id, T0 + 20],
-            [uid("key"), T0 + 30],
+            [
+              org,
+              new Map([
+                [a.id, T0 + 10],
+                [b.id, T0 + 20],
+                [uid("key"), T0 + 30],
+                // Named under the wrong organization: not touched.
+                [d.id, T0 + 40],
+              ]),
+            ],
           ]),
         );
         await store.touchLastUsed(
           new Map([
-            [a.id, T0 + 5],
-            [b.id, T0 + 25],
+            [
+              org,
+              new Map([
+                [a.id, T0 + 5],
+                [b.id, T0 + 25],
+              ]),
+            ],
+            [other, new Map([[d.id, T0 + 50]])],
           ]),
         );
         await store.touchLastUsed(new Map());
         expect((await store.getKey(org, a.id))!.lastUsedTime).toBe(T0 + 10);
         expect((await store.getKey(org, b.id))!.lastUsedTime).toBe(T0 + 25);
         expect((await store.getKey(org, c.id))!.lastUsedTime).toBeNull();
+        expect((await store.getKey(other, d.id))!.lastUsedTime).toBe(T0 + 50);
         // Not a management action: no audit event, no update time.
         expect((await store.getKey(org, b.id))!.updateTime).toBe(b.updateTime);
         expect(await auditEvents(org)).toHaveLength(3);
@@ -657,7 +673,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         const positions = [0, 999, 1000, 1700, 2499];
         const entries = [...times];
         positions.forEach((p, i) => entries.splice(p, 0, [keys[i].key.id, T0 + 100 + i]));
-        await store.touchLastUsed(new Map(entries));
+        await store.touchLastUsed(new Map([[org, new Map(entries)]]));
         for (const [i, { key }] of keys.entries()) expect((await store.getKey(org, key.id))!.lastUsedTime).toBe(T0 + 100 + i);
       });
     });

@@ -42,7 +42,7 @@ describe("TimedPool.transaction", () => {
   });
 
   it("takes two round trips for START, an insert, a read, an insert and COMMIT", async () => {
-    const sent = vi.spyOn(TimedConnection.prototype, "query");
+    const sent = vi.spyOn(TimedConnection.prototype, "send");
     try {
       await pool.transaction(async (tx) => {
         tx.later("INSERT INTO t (v) VALUES (?)", ["rt1"]);

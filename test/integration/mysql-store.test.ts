@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { ApiError, Status } from "../../src/keys/errors.js";
 import { migrationsDirectory } from "../../src/store/migrate.js";
-import { FIND_BY_HASH_SQL, MySqlStore } from "../../src/store/mysql-store.js";
+import { FIND_BY_HASH_SQL, LOOKUP_HASH_SQL, MySqlStore } from "../../src/store/mysql-store.js";
 import type { CreatedKey } from "../../src/keys/ports.js";
 import { describeStoreContract } from "../contract/store-contract.js";
 import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
@@ -85,16 +85,18 @@ describe("MySqlStore", () => {
     return hash;
   }
 
-  it("verifies with one primary-key lookup of the hash", async () => {
+  it("verifies with two point lookups: the hash's organization, then the secret by primary key", async () => {
     const store = await MySqlStore.open(db.url);
     try {
       await store.migrate();
       const hash = await createKey(store, "org_explain");
       conn ??= await mysql.createConnection(db.url);
-      const [plan] = await conn.query<RowDataPacket[]>(`EXPLAIN ${FIND_BY_HASH_SQL}`, [hash]);
+      const [lookup] = await conn.query<RowDataPacket[]>(`EXPLAIN ${LOOKUP_HASH_SQL}`, [hash]);
+      expect(lookup).toMatchObject([{ table: "key_lookup", key: "PRIMARY" }]);
+      const [plan] = await conn.query<RowDataPacket[]>(`EXPLAIN ${FIND_BY_HASH_SQL}`, ["org_explain", hash]);
       const byTable = Object.fromEntries(plan.map((row) => [row.table, row]));
       expect(byTable.s).toMatchObject({ key: "PRIMARY" });
-      expect(byTable.k).toMatchObject({ key: "uq_api_keys_id" });
+      expect(["uq_api_keys_id", "PRIMARY"]).toContain(byTable.k.key);
       expect(byTable.m).toMatchObject({ key: "PRIMARY" });
       expect(byTable.o).toMatchObject({ key: "PRIMARY" });
       for (const row of plan) expect(row.type).not.toBe("ALL");

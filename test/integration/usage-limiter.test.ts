@@ -12,11 +12,11 @@ import { ApiError, Status } from "../../src/keys/errors.js";
 import { randomBase62 } from "../../src/keys/key-format.js";
 import type { KeyRecord, LimitsRecord } from "../../src/keys/records.js";
 import type { CreditLedger, CreditUsage, ManagedUsageLimiter } from "../../src/keys/ports.js";
-import { MemoryCreditLedger, MySqlCreditLedger } from "../../src/limits/credit-ledger.js";
+import { MemoryCreditLedger } from "../../src/limits/credit-ledger.js";
 import { MemoryUsageLimiter } from "../../src/limits/memory-usage-limiter.js";
 import { COUNTER_KEYS, RedisUsageLimiter } from "../../src/limits/redis-usage-limiter.js";
 import { type RedisClient, type RedisTarget, redisClient } from "../../src/redis/connections.js";
-import { runMigrations } from "../../src/store/migrate.js";
+import { MySqlStore } from "../../src/store/mysql-store.js";
 import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
 import { keyRecord } from "../helpers/records.js";
 import { TestRedis } from "../helpers/redis.js";
@@ -179,7 +179,7 @@ describe.each(topologies)("RedisUsageLimiter on %s: credit ledger", (_name, topo
   it("seeds a month's missing counter from the ledger, once for concurrent first uses", async () => {
     const ledger = new MemoryCreditLedger();
     const key = keyWith({ monthlyCredits: 100 });
-    await ledger.save([{ keyId: key.id, month: "203101", used: 40 }]);
+    await ledger.save([{ organizationId: key.organizationId, keyId: key.id, month: "203101", used: 40 }]);
     const limiter = redisLimiter(ledger);
     await limiter.start();
     try {
@@ -200,10 +200,10 @@ describe.each(topologies)("RedisUsageLimiter on %s: credit ledger", (_name, topo
     try {
       await limiter.consume(key, 30, T0);
       await limiter.flush();
-      expect(await ledger.load(key.id, "203101")).toBe(30);
+      expect(await ledger.load(key.organizationId, key.id, "203101")).toBe(30);
       await limiter.consume(key, 5, T0);
       await limiter.flush();
-      expect(await ledger.load(key.id, "203101")).toBe(35);
+      expect(await ledger.load(key.organizationId, key.id, "203101")).toBe(35);
       // Redis loses its data: the month is not handed out afresh.
       await redis.del(COUNTER_KEYS.credits(key.id, "203101"));
       const after = await limiter.consume(key, 0, T0);
@@ -211,7 +211,7 @@ describe.each(topologies)("RedisUsageLimiter on %s: credit ledger", (_name, topo
       // A flush that finds the counter gone leaves the ledger as it was.
       await redis.del(COUNTER_KEYS.credits(key.id, "203101"));
       await limiter.flush();
-      expect(await ledger.load(key.id, "203101")).toBe(35);
+      expect(await ledger.load(key.organizationId, key.id, "203101")).toBe(35);
     } finally {
       await limiter.stop();
     }
@@ -224,7 +224,7 @@ describe.each(topologies)("RedisUsageLimiter on %s: credit ledger", (_name, topo
     await limiter.start();
     await limiter.consume(key, 7, T0);
     await limiter.stop();
-    expect(await ledger.load(key.id, "203101")).toBe(7);
+    expect(await ledger.load(key.organizationId, key.id, "203101")).toBe(7);
   });
 
   it("fails closed with UNAVAILABLE when the ledger cannot seed a counter", async () => {
@@ -262,7 +262,7 @@ describe.each(topologies)("RedisUsageLimiter on %s: credit ledger", (_name, topo
       await limiter.flush();
       failing = false;
       await limiter.flush();
-      expect(saved).toEqual([[{ keyId: key.id, month: "203101", used: 3 }]]);
+      expect(saved).toEqual([[{ organizationId: key.organizationId, keyId: key.id, month: "203101", used: 3 }]]);
     } finally {
       await limiter.stop();
     }
@@ -273,7 +273,7 @@ describe.each(topologies)("RedisUsageLimiter on %s: credit ledger", (_name, topo
     let release = () => {};
     const gate = new Promise<void>((r) => (release = r));
     const slow: CreditLedger = {
-      load: (id, month) => ledger.load(id, month),
+      load: (organizationId, id, month) => ledger.load(organizationId, id, month),
       save: async (entries) => {
         await gate;
         await ledger.save(entries);
@@ -291,7 +291,7 @@ describe.each(topologies)("RedisUsageLimiter on %s: credit ledger", (_name, topo
       const second = limiter.flush();
       release();
       await Promise.all([first, second]);
-      expect(await ledger.load(key.id, "203101")).toBe(3);
+      expect(await ledger.load(key.organizationId, key.id, "203101")).toBe(3);
     } finally {
       await limiter.stop();
     }
@@ -306,7 +306,7 @@ describe.each(topologies)("RedisUsageLimiter on %s: credit ledger", (_name, topo
       await Promise.all(keys.map((key, i) => limiter.consume(key, 1 + (i % 7), T0)));
       await limiter.flush();
       expect(limiter.flushes).toBe(1);
-      expect(await Promise.all(keys.map((key) => ledger.load(key.id, "203101")))).toEqual(keys.map((_, i) => 1 + (i % 7)));
+      expect(await Promise.all(keys.map((key) => ledger.load(key.organizationId, key.id, "203101")))).toEqual(keys.map((_, i) => 1 + (i % 7)));
     } finally {
       await limiter.stop();
     }
@@ -366,38 +366,44 @@ describe("RedisUsageLimiter on a standalone server that goes down", () => {
   });
 });
 
-describe("MySqlCreditLedger", () => {
+describe("MySqlStore's credit ledger", () => {
   let db: TestDatabase;
-  let ledger: MySqlCreditLedger;
+  let store: MySqlStore;
+  let ledger: CreditLedger;
 
   beforeAll(async () => {
     db = await freshDatabase();
-    await runMigrations(db.url, 2000);
-    ledger = MySqlCreditLedger.open(db.url);
+    store = await MySqlStore.open(db.url);
+    await store.migrate();
+    ledger = store.creditLedger();
   });
   afterAll(async () => {
     await ledger?.close();
+    await store?.close();
     await db?.drop();
   });
 
   it("loads 0 for a month never saved, and never lets a month's usage go down", async () => {
-    expect(await ledger.load("key_a", "203101")).toBe(0);
+    expect(await ledger.load("org_a", "key_a", "203101")).toBe(0);
     await ledger.save([
-      { keyId: "key_a", month: "203101", used: 10 },
-      { keyId: "key_b", month: "203101", used: 3 },
-      { keyId: "key_a", month: "203102", used: 1 },
+      { organizationId: "org_a", keyId: "key_a", month: "203101", used: 10 },
+      { organizationId: "org_b", keyId: "key_b", month: "203101", used: 3 },
+      { organizationId: "org_a", keyId: "key_a", month: "203102", used: 1 },
     ]);
-    await ledger.save([{ keyId: "key_a", month: "203101", used: 7 }]);
-    expect(await ledger.load("key_a", "203101")).toBe(10);
-    await ledger.save([{ keyId: "key_a", month: "203101", used: Number.MAX_SAFE_INTEGER }]);
-    expect(await ledger.load("key_a", "203101")).toBe(Number.MAX_SAFE_INTEGER);
-    expect(await ledger.load("key_b", "203101")).toBe(3);
-    expect(await ledger.load("key_a", "203102")).toBe(1);
+    await ledger.save([{ organizationId: "org_a", keyId: "key_a", month: "203101", used: 7 }]);
+    expect(await ledger.load("org_a", "key_a", "203101")).toBe(10);
+    await ledger.save([{ organizationId: "org_a", keyId: "key_a", month: "203101", used: Number.MAX_SAFE_INTEGER }]);
+    expect(await ledger.load("org_a", "key_a", "203101")).toBe(Number.MAX_SAFE_INTEGER);
+    expect(await ledger.load("org_b", "key_b", "203101")).toBe(3);
+    expect(await ledger.load("org_a", "key_a", "203102")).toBe(1);
+    // The organization is part of the row's identity: another's key of the same id has its own.
+    expect(await ledger.load("org_b", "key_a", "203101")).toBe(0);
   });
 
-  it("saves large batches", async () => {
-    const entries = Array.from({ length: 2500 }, (_, i) => ({ keyId: `key_${i}`, month: "203103", used: i }));
+  it("saves large batches of several organizations", async () => {
+    const entries = Array.from({ length: 2500 }, (_, i) => ({ organizationId: `org_${i % 3}`, keyId: `key_${i}`, month: "203103", used: i }));
     await ledger.save(entries);
-    expect(await ledger.load("key_2499", "203103")).toBe(2499);
+    expect(await ledger.load("org_0", "key_2499", "203103")).toBe(2499);
+    expect(await ledger.load("org_1", "key_1", "203103")).toBe(1);
   });
 });

@@ -7,6 +7,7 @@ import mysql from "mysql2/promise";
 import { Role } from "../../../gen/apikeys/v1/apikeys_pb.js";
 import type { SecretHasher } from "../../../src/keys/hashing.js";
 import { generateSecret, newKeyId, previewOf } from "../../../src/keys/key-format.js";
+import { nextPosition } from "../../../src/store/positions.js";
 
 /** Rows per INSERT: about 1 MB of SQL, well under max_allowed_packet. */
 const CHUNK = 2500;
@@ -63,20 +64,24 @@ export async function bulkLoadKeys(
           const { org, from, to } = chunks[next++];
           const keys: unknown[][] = [];
           const secrets: unknown[][] = [];
+          const lookups: unknown[][] = [];
           for (let i = from; i < to; i++, n++) {
             const id = newKeyId();
             const secret = generateSecret("sk");
             const createdBy = `u_${i % org.creators}`;
             const time = new Date(start + n);
-            keys.push([id, org.id, `bulk ${n}`, "sk", previewOf(secret), "[]", createdBy, time, time, "{}"]);
-            secrets.push([hasher.hash(secret), id]);
+            const hash = hasher.hash(secret);
+            keys.push([nextPosition(), id, org.id, `bulk ${n}`, "sk", previewOf(secret), "[]", createdBy, time, time, "{}"]);
+            secrets.push([org.id, hash, id]);
+            lookups.push([hash, org.id, id]);
             if (n % sampleEvery === 0) samples.push({ id, organizationId: org.id, createdBy, secret });
           }
           await conn.query(
-            "INSERT INTO api_keys (id, organization_id, name, prefix, preview, scopes, created_by, create_time, update_time, metadata) VALUES ?",
+            "INSERT INTO api_keys (seq, id, organization_id, name, prefix, preview, scopes, created_by, create_time, update_time, metadata) VALUES ?",
             [keys],
           );
-          await conn.query("INSERT INTO key_secrets (hash, key_id) VALUES ?", [secrets]);
+          await conn.query("INSERT INTO key_secrets (organization_id, hash, key_id) VALUES ?", [secrets]);
+          await conn.query("INSERT INTO key_lookup (hash, organization_id, key_id) VALUES ?", [lookups]);
         }
       }),
     );

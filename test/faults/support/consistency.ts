@@ -19,6 +19,17 @@ const CHECKS: readonly { problem: string; sql: string }[] = [
     sql: "SELECT s.key_id AS id FROM key_secrets s LEFT JOIN api_keys k ON k.id = s.key_id WHERE k.id IS NULL",
   },
   {
+    // A lookup row may outlive its secret (written first, deleted last), never the other way round.
+    problem: "secret without its lookup row",
+    sql: `SELECT s.key_id AS id FROM key_secrets s
+          LEFT JOIN key_lookup l ON l.hash = s.hash AND l.organization_id = s.organization_id AND l.key_id = s.key_id
+          WHERE l.hash IS NULL`,
+  },
+  {
+    problem: "secret filed under another organization than its key's",
+    sql: "SELECT s.key_id AS id FROM key_secrets s JOIN api_keys k ON k.id = s.key_id WHERE k.organization_id <> s.organization_id",
+  },
+  {
     problem: "key without its key.create audit event",
     sql: `SELECT k.id FROM api_keys k
           WHERE NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.key_id = k.id AND a.action = 'key.create')`,
