@@ -36,7 +36,7 @@ import { Samples } from "./stats.js";
 /** The pepper of every bench server; the datasets' hashes are made with it. */
 const PEPPER = "apikeys-bench-pepper-not-a-secret";
 /** The one caller of every bench server: authenticated, like production. */
-const TOKEN = "apikeys-bench-caller-token";
+const TOKEN = "apikeys-bench-caller-token-7Hq2Lm9Zx";
 const VERIFY_PATH = "/apikeys.v1.ApiKeyService/VerifyKey";
 const CREATE_PATH = "/apikeys.v1.ApiKeyService/CreateKey";
 const REVOKE_PATH = "/apikeys.v1.ApiKeyService/RevokeKey";

@@ -135,11 +135,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
 
   // Built now, so unreadable or mismatched certificate files fail buildApp rather than start().
   const grpcCredentials = grpcServerCredentials(config.tls);
-  const grpcServer = createGrpcServer({ maxMessageBytes: config.maxMessageBytes });
+  const grpcServer = createGrpcServer({ maxMessageBytes: config.maxMessageBytes, largestMessageBytes: config.extAuthzMaxMessageBytes });
   for (const binding of bindings) addBinding(grpcServer, binding, auth, onInternal, observer);
   // Envoy ext_authz: on the gRPC port only (Envoy calls it over gRPC); Envoy needs "verify" access.
-  const extAuthz = new ExtAuthz({ verifier, scopesHeader: config.extAuthzScopesHeader, now });
-  addBinding(grpcServer, extAuthzBinding(extAuthz), auth, onInternal, observer);
+  const checkPath = `/${Authorization.typeName}/${Authorization.method.check.name}`;
+  const extAuthz = new ExtAuthz({ verifier, scopesHeader: config.extAuthzScopesHeader, now, onInternal: (err) => onInternal(err, checkPath) });
+  addBinding(grpcServer, extAuthzBinding(extAuthz, config.extAuthzMaxMessageBytes), auth, onInternal, observer);
   health.addToServer(grpcServer);
   // The error-details files too, so grpcurl can decode the google.rpc.ErrorInfo of a failed call.
   addReflection(grpcServer, [...new Set(grpcServices.map((s) => s.file)), file_google_rpc_status, file_google_rpc_error_details]);

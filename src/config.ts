@@ -5,7 +5,7 @@ import { ConfigError } from "./config-error.js";
 import { isValidPrefix } from "./keys/key-format.js";
 import { DEFAULT_POLICY, type KeyPolicy, parsePolicy, parseRoleAliases } from "./keys/policy.js";
 import type { RedisNode, RedisTarget } from "./redis/connections.js";
-import type { Access, CallerConfig } from "./transport/auth.js";
+import { type Access, type CallerConfig, digest } from "./transport/auth.js";
 import type { TlsConfig } from "./transport/tls.js";
 
 export interface Config {
@@ -43,6 +43,8 @@ export interface Config {
   workers: number;
   /** Envoy ext_authz: the request header (lower case) that names the required scopes; "" = none (see src/envoy/ext-authz.ts). */
   extAuthzScopesHeader: string;
+  /** The largest Envoy CheckRequest read (a request's headers); larger ones fail in grpc-js, before any handler. */
+  extAuthzMaxMessageBytes: number;
 }
 
 const DEV_PEPPER = "dev-mode-pepper-not-a-secret";
@@ -79,6 +81,9 @@ function headerName(env: Env, name: string): string {
   return raw;
 }
 
+const CALLERS_FIELDS = "name, token, token_sha256, cert_identity, allow, organizations";
+const ACCESS: readonly Access[] = ["verify", "manage", "admin"];
+
 function parseCallers(raw: string | undefined): CallerConfig[] {
   if (!raw) return [];
   let parsed: unknown;
@@ -89,46 +94,94 @@ function parseCallers(raw: string | undefined): CallerConfig[] {
   }
   if (!Array.isArray(parsed)) throw new ConfigError("CALLERS must be a JSON list of callers");
   const names = new Set<string>();
-  const tokens = new Set<string>();
+  const digests = new Set<string>();
   const certIdentities = new Set<string>();
   return parsed.map((c, i): CallerConfig => {
     if (typeof c !== "object" || c === null || Array.isArray(c)) throw new ConfigError(`CALLERS[${i}] must be an object`);
-    const { name, token, cert_identity: certIdentity, allow, ...unknown } = c as Record<string, unknown>;
+    const { name, token, token_sha256: tokenSha256, cert_identity: certIdentity, allow, organizations, ...unknown } = c as Record<string, unknown>;
     // A misspelt field would otherwise be ignored silently, e.g. a caller allowed less or more than meant.
     const extra = Object.keys(unknown);
-    if (extra.length > 0) throw new ConfigError(`CALLERS[${i}]: unknown field "${extra[0]}" (known: name, token, cert_identity, allow)`);
+    if (extra.length > 0) throw new ConfigError(`CALLERS[${i}]: unknown field "${extra[0]}" (known: ${CALLERS_FIELDS})`);
     // The name is recorded in audit events and used as a metrics label: short and printable.
     if (typeof name !== "string" || !CALLER_NAME.test(name)) {
       throw new ConfigError(`CALLERS[${i}].name must be 1 to 64 letters, digits, ".", "_" or "-"`);
     }
     if (names.has(name)) throw new ConfigError(`CALLERS: the name "${name}" is used twice`);
     names.add(name);
-    if (token === undefined && certIdentity === undefined) {
-      throw new ConfigError(`CALLERS[${i}] ("${name}"): needs a token, a cert_identity, or both`);
+    const at = `CALLERS[${i}] ("${name}")`;
+    if (token === undefined && tokenSha256 === undefined && certIdentity === undefined) {
+      throw new ConfigError(`${at}: needs a token (or its token_sha256), a cert_identity, or both`);
     }
+    if (token !== undefined && tokenSha256 !== undefined) throw new ConfigError(`${at}: give token or token_sha256, not both`);
+    let tokenDigest: Buffer | undefined;
     if (token !== undefined) {
-      if (typeof token !== "string" || token.length < 16 || /\s/.test(token)) {
-        throw new ConfigError(`CALLERS[${i}] ("${name}"): token must be a string of at least 16 characters without spaces`);
+      if (typeof token !== "string") throw new ConfigError(`${at}: token must be a string`);
+      const weakness = tokenWeakness(token);
+      if (weakness !== null) throw new ConfigError(`${at}: the token is weak (${weakness}). ${STRONG_TOKEN_HINT}`);
+      tokenDigest = digest(token);
+    }
+    if (tokenSha256 !== undefined) {
+      if (typeof tokenSha256 !== "string" || !/^[0-9a-fA-F]{64}$/.test(tokenSha256)) {
+        throw new ConfigError(`${at}: token_sha256 must be the token's SHA-256 as 64 hex digits (printf %s "$TOKEN" | sha256sum)`);
       }
+      tokenDigest = Buffer.from(tokenSha256, "hex");
+    }
+    if (tokenDigest !== undefined) {
       // Two callers with one token would be one caller with whichever rights were read last.
-      if (tokens.has(token)) throw new ConfigError(`CALLERS[${i}] ("${name}"): token is the same as an earlier caller's`);
-      tokens.add(token);
+      const seen = tokenDigest.toString("hex");
+      if (digests.has(seen)) throw new ConfigError(`${at}: token is the same as an earlier caller's`);
+      digests.add(seen);
     }
     if (certIdentity !== undefined) {
       if (typeof certIdentity !== "string" || !CERT_IDENTITY.test(certIdentity)) {
-        throw new ConfigError(`CALLERS[${i}] ("${name}"): cert_identity must be "CN=<common name>", "DNS:<name>" or "URI:<uri>"`);
+        throw new ConfigError(`${at}: cert_identity must be "CN=<common name>", "DNS:<name>" or "URI:<uri>"`);
       }
       if (certIdentities.has(certIdentity)) {
-        throw new ConfigError(`CALLERS[${i}] ("${name}"): cert_identity "${certIdentity}" is used twice`);
+        throw new ConfigError(`${at}: cert_identity "${certIdentity}" is used twice`);
       }
       certIdentities.add(certIdentity);
     }
-    if (!Array.isArray(allow) || allow.length === 0 || !allow.every((a) => a === "manage" || a === "verify")) {
-      throw new ConfigError(`CALLERS[${i}] ("${name}"): allow must list "manage" and/or "verify"`);
+    if (!Array.isArray(allow) || allow.length === 0 || !allow.every((a) => ACCESS.includes(a as Access))) {
+      throw new ConfigError(`${at}: allow must list one or more of "verify", "manage", "admin"`);
     }
-    return { name, allow: allow as Access[], ...(token !== undefined && { token }), ...(certIdentity !== undefined && { certIdentity }) };
+    if (organizations !== undefined) {
+      if (!Array.isArray(organizations) || organizations.length === 0 || !organizations.every((o) => typeof o === "string" && ORGANIZATION_PATTERN.test(o))) {
+        throw new ConfigError(
+          `${at}: organizations must be a non-empty list of organization ids or prefixes ending in "*" (e.g. ["org_a", "team_*"]); leave it out for every organization`,
+        );
+      }
+    }
+    return {
+      name,
+      allow: [...new Set(allow as Access[])],
+      ...(tokenDigest !== undefined && { tokenSha256: tokenDigest }),
+      ...(certIdentity !== undefined && { certIdentity }),
+      ...(organizations !== undefined && { organizations: organizations as string[] }),
+    };
   });
 }
+
+/**
+ * Why a caller token is too easy to guess, or null. A token is a password
+ * nobody types: it should be random, long and drawn from a wide alphabet.
+ * Length and variety are what can be checked; the bar is met by any output
+ * of `openssl rand -base64 32` or `openssl rand -hex 32`.
+ */
+export function tokenWeakness(token: string): string | null {
+  if (/\s/.test(token)) return "it contains white space";
+  if (token.length < MIN_TOKEN_LENGTH) return `${token.length} characters; at least ${MIN_TOKEN_LENGTH} are needed`;
+  const classes = [/[a-z]/, /[A-Z]/, /[0-9]/, /[^a-zA-Z0-9]/].filter((c) => c.test(token)).length;
+  if (classes < 2) return "it uses one kind of character only; mix at least two of lower case, upper case, digits and symbols";
+  const distinct = new Set(token).size;
+  if (distinct < MIN_TOKEN_DISTINCT) return `only ${distinct} different characters; at least ${MIN_TOKEN_DISTINCT} are needed`;
+  return null;
+}
+
+const MIN_TOKEN_LENGTH = 32;
+const MIN_TOKEN_DISTINCT = 10;
+const STRONG_TOKEN_HINT = "Use a random one, e.g. `openssl rand -base64 32`, or configure its digest as token_sha256.";
+/** Organization ids as the API accepts them (see requireId), optionally ending in "*" for a prefix. */
+const ORGANIZATION_PATTERN = /^[A-Za-z0-9._:@|/+=-]{1,128}\*?$/;
 
 const CALLER_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const CERT_IDENTITY = /^(CN=|DNS:|URI:)\S.{0,254}$/;
@@ -300,5 +353,6 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     logLevel: env.LOG_LEVEL || "info",
     workers,
     extAuthzScopesHeader: headerName(env, "EXT_AUTHZ_SCOPES_HEADER"),
+    extAuthzMaxMessageBytes: int(env, "EXT_AUTHZ_MAX_MESSAGE_BYTES", 1024 * 1024, 1024, 16 * 1024 * 1024),
   };
 }

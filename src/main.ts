@@ -18,7 +18,7 @@ async function printDemo(app: App, httpPort: number, grpcPort: number): Promise<
       name: "demo key",
       scopes: ["documents:read"],
     }),
-    { caller: "dev" },
+    { caller: "dev", organizations: null },
   );
   const host = app.config.host;
   process.stdout.write(

@@ -2,6 +2,7 @@
 // scripts can tell "the key is bad" from "the service is down".
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { printable } from "./printable.js";
 
 export const EXIT = {
   OK: 0,
@@ -98,6 +99,7 @@ export function reportOf(err: unknown): ErrorReport {
 
 export function formatReport(report: ErrorReport): string {
   const code = report.code ? `${report.code}: ` : "";
-  const reason = report.reason ? ` (reason: ${report.reason})` : "";
-  return `apikeys: ${code}${report.message}${reason}\n`;
+  const reason = report.reason ? ` (reason: ${printable(report.reason)})` : "";
+  // A service's message may quote what it was sent (or, from an impostor, anything at all).
+  return `apikeys: ${code}${printable(report.message)}${reason}\n`;
 }

@@ -3,6 +3,7 @@ import { type Duration, type Timestamp, durationFromMs, timestampFromMs, timesta
 import ms from "ms";
 import { type ApiKey, KeyState } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { CliError, EXIT } from "./exit-codes.js";
+import { printable } from "./printable.js";
 
 /**
  * "30d", "12h", "90m", "1w" (the `ms` package's syntax, as in jsonwebtoken's
@@ -71,11 +72,12 @@ export function status(key: ApiKey, now: number): string {
 /** `key_… "name"`, how a key is named in messages. */
 export function describeKey(key: ApiKey | undefined): string {
   if (!key) return "key";
-  return key.name ? `${key.id} "${key.name}"` : key.id;
+  return key.name ? `${printable(key.id)} "${printable(key.name)}"` : printable(key.id);
 }
 
-/** Plain columns (like kubectl or gh): easy to read, and to grep or awk. */
-export function table(header: string[], rows: string[][]): string {
+/** Plain columns (like kubectl or gh): easy to read, and to grep or awk. Cells are made printable here. */
+export function table(header: string[], cells: string[][]): string {
+  const rows = cells.map((r) => r.map(printable));
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join("  ");
   return [line(header), ...rows.map(line)].join("\n") + "\n";

@@ -20,6 +20,7 @@ import {
 import { roleName } from "../keys/policy.js";
 import { DEFAULT_URL, connect } from "./client.js";
 import { CliError, EXIT, EXIT_CODES_HELP, type ExitCode, formatReport, reportOf } from "./exit-codes.js";
+import { printable } from "./printable.js";
 import {
   collectList,
   describeKey,
@@ -130,7 +131,7 @@ function buildProgram(io: CliIo, setExitCode: (code: ExitCode) => void): Command
         expiration: options.expires ?? { case: undefined },
       });
       if (c.json(CreateKeyResponseSchema, res)) return;
-      c.out(`Created ${describeKey(res.key)} in ${options.org}${expiryNote(res.key, io.now())}.\n`);
+      c.out(`Created ${describeKey(res.key)} in ${printable(options.org)}${expiryNote(res.key, io.now())}.\n`);
       c.out(secretBlock(res.secret));
     });
 
@@ -159,7 +160,7 @@ function buildProgram(io: CliIo, setExitCode: (code: ExitCode) => void): Command
       } while (options.allPages && pageToken !== "");
       if (c.json(ListKeysResponseSchema, create(ListKeysResponseSchema, { keys, nextPageToken: pageToken }))) return;
       if (keys.length === 0) {
-        c.out(`No keys in ${options.org}.\n`);
+        c.out(`No keys in ${printable(options.org)}.\n`);
         return;
       }
       const now = io.now();
@@ -168,7 +169,7 @@ function buildProgram(io: CliIo, setExitCode: (code: ExitCode) => void): Command
           ["ID", "NAME", "PREVIEW", "CREATED", "CREATED BY", "LAST USED", "STATUS"],
           keys.map((k) => [
             k.id,
-            truncate(k.name, 32),
+            truncate(printable(k.name), 32),
             k.preview,
             relativeTime(k.createTime, now),
             k.createdBy,
@@ -195,7 +196,7 @@ function buildProgram(io: CliIo, setExitCode: (code: ExitCode) => void): Command
           throw new CliError("refusing to revoke without --yes: stdin is not a terminal to confirm on", EXIT.USAGE);
         }
         const { key } = await client.getKey({ organizationId: options.org, keyId: id, actor: c.actor });
-        if (!(await confirm(io, `Revoke ${describeKey(key)} (${key?.preview}) in ${options.org}? This cannot be undone. [y/N] `))) {
+        if (!(await confirm(io, `Revoke ${describeKey(key)} (${printable(key?.preview ?? "")}) in ${printable(options.org)}? This cannot be undone. [y/N] `))) {
           io.stderr.write("Not revoked.\n");
           setExitCode(EXIT.NOT_CONFIRMED);
           return;
@@ -219,12 +220,12 @@ function buildProgram(io: CliIo, setExitCode: (code: ExitCode) => void): Command
       if (c.json(VerifyKeyResponseSchema, res)) return;
       const code = VerifyCode[res.code];
       if (!res.valid) {
-        c.out(`not valid: ${code}${res.key ? ` (${describeKey(res.key)} in ${res.key.organizationId})` : ""}\n`);
+        c.out(`not valid: ${code}${res.key ? ` (${describeKey(res.key)} in ${printable(res.key.organizationId)})` : ""}\n`);
         return;
       }
       const p = res.principal;
-      c.out(`valid: ${describeKey(res.key)} in ${p?.organizationId}${p?.projectId ? `/${p.projectId}` : ""}\n`);
-      c.out(`  acts as ${p?.userId} (${p ? roleName(p.role) : "?"}), scopes: ${p && p.scopes.length > 0 ? p.scopes.join(", ") : "all"}\n`);
+      c.out(`valid: ${describeKey(res.key)} in ${printable(p?.organizationId ?? "")}${p?.projectId ? `/${printable(p.projectId)}` : ""}\n`);
+      c.out(`  acts as ${printable(p?.userId ?? "")} (${p ? roleName(p.role) : "?"}), scopes: ${p && p.scopes.length > 0 ? printable(p.scopes.join(", ")) : "all"}\n`);
       if (res.remainingCredits !== undefined) c.out(`  credits left this month: ${res.remainingCredits}\n`);
       if (res.rateLimit) c.out(`  rate limit: ${res.rateLimit.remaining} of ${res.rateLimit.limit} left\n`);
     });

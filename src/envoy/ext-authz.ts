@@ -11,8 +11,10 @@ import type { HeaderValueOptionSchema } from "../../gen/envoy/config/core/v3/bas
 import type { AttributeContext_HttpRequest } from "../../gen/envoy/service/auth/v3/attribute_context_pb.js";
 import { Authorization, type CheckRequest, type CheckResponse, CheckResponseSchema } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
 import { StatusCode as HttpCode } from "../../gen/envoy/type/v3/http_status_pb.js";
+import type { OrganizationScope } from "../keys/call-context.js";
 import { ApiError, Status, invalidArgument } from "../keys/errors.js";
 import { roleName } from "../keys/policy.js";
+import { LIMITS } from "../keys/validation.js";
 import type { Verifier } from "../keys/verifier.js";
 import type { ServiceBinding } from "../transport/bindings.js";
 
@@ -41,7 +43,18 @@ const QUERY_PARAMETERS = ["token", "api_key"];
  */
 const CONTEXT_EXTENSIONS = { requiredScopes: "required_scopes", cost: "cost" } as const;
 
-type Denial = "MISSING_KEY" | "NOT_FOUND" | "REVOKED" | "EXPIRED" | "INSUFFICIENT_SCOPE" | "DISABLED" | "RATE_LIMITED" | "USAGE_EXCEEDED" | "UNAVAILABLE";
+type Denial =
+  | "MISSING_KEY"
+  | "NOT_FOUND"
+  | "REVOKED"
+  | "EXPIRED"
+  | "INSUFFICIENT_SCOPE"
+  | "DISABLED"
+  | "RATE_LIMITED"
+  | "USAGE_EXCEEDED"
+  | "UNAVAILABLE"
+  | "BAD_REQUEST"
+  | "CHECK_FAILED";
 
 /** Every way a request is denied: the client's HTTP status, the status Envoy sees, and what the client is told. */
 const DENIALS: Record<Denial, { http: HttpCode; status: number; message: string }> = {
@@ -54,6 +67,9 @@ const DENIALS: Record<Denial, { http: HttpCode; status: number; message: string 
   RATE_LIMITED: { http: HttpCode.TooManyRequests, status: Status.RESOURCE_EXHAUSTED, message: "the API key's rate limit is exhausted" },
   USAGE_EXCEEDED: { http: HttpCode.TooManyRequests, status: Status.RESOURCE_EXHAUSTED, message: "the API key's monthly credits are used up" },
   UNAVAILABLE: { http: HttpCode.ServiceUnavailable, status: Status.UNAVAILABLE, message: "the key cannot be checked right now; retry later" },
+  // Fixed texts: what was wrong with the request is not echoed back (it may carry anything, even a key).
+  BAD_REQUEST: { http: HttpCode.BadRequest, status: Status.INVALID_ARGUMENT, message: "the request cannot be checked as sent (too many or too long scopes, or a bad route setting)" },
+  CHECK_FAILED: { http: HttpCode.InternalServerError, status: Status.INTERNAL, message: "the request could not be checked" },
 };
 
 interface Credential {
@@ -65,6 +81,8 @@ interface Credential {
 
 export interface ExtAuthzOptions {
   verifier: Verifier;
+  /** Told about an unexpected failure (a bug), which denies the request. */
+  onInternal?: (err: unknown) => void;
   /** A request header naming required scopes (see Config.extAuthzScopesHeader); "" = none. */
   scopesHeader: string;
   now?: () => number;
@@ -73,40 +91,53 @@ export interface ExtAuthzOptions {
 export class ExtAuthz {
   private readonly verifier: Verifier;
   private readonly scopesHeader: string;
+  private readonly onInternal: (err: unknown) => void;
   private readonly now: () => number;
 
   constructor(options: ExtAuthzOptions) {
     this.verifier = options.verifier;
+    this.onInternal = options.onInternal ?? (() => {});
     this.scopesHeader = options.scopesHeader;
     this.now = options.now ?? Date.now;
   }
 
-  /** Answers synchronously when the Verifier does (a cached key), like VerifyKey. */
-  check(req: CheckRequest): CheckResponse | Promise<CheckResponse> {
-    const attributes = req.attributes;
-    const http = attributes?.request?.http;
-    const headers = http ? headersOf(http) : {};
-    const credential = findCredential(headers, http?.path ?? "");
-    if (credential === null) return deny("MISSING_KEY");
-    const extensions = attributes?.contextExtensions ?? {};
-    const verifyRequest = create(VerifyKeyRequestSchema, {
-      key: credential.key,
-      requiredScopes: this.requiredScopes(extensions, headers),
-      cost: parseCost(extensions[CONTEXT_EXTENSIONS.cost]),
-    });
+  /**
+   * Answers synchronously when the Verifier does (a cached key), like VerifyKey.
+   * Never fails: every input, however malformed, and every failure is a
+   * denial. A gRPC error would be worse than a wrong status code: Envoy
+   * configured with failure_mode_allow lets the request through on one.
+   */
+  check(req: CheckRequest, organizations: OrganizationScope | null = null): CheckResponse | Promise<CheckResponse> {
     let answer: VerifyKeyResponse | Promise<VerifyKeyResponse>;
+    let credential: Credential | null;
     try {
-      answer = this.verifier.verify(verifyRequest);
+      const attributes = req.attributes;
+      const http = attributes?.request?.http;
+      const headers = http ? headersOf(http) : {};
+      credential = findCredential(headers, http?.path ?? "");
+      if (credential === null) return deny("MISSING_KEY");
+      const extensions = attributes?.contextExtensions ?? {};
+      const verifyRequest = create(VerifyKeyRequestSchema, {
+        key: credential.key,
+        requiredScopes: this.requiredScopes(extensions, headers),
+        cost: parseCost(extensions[CONTEXT_EXTENSIONS.cost]),
+      });
+      answer = this.verifier.verify(verifyRequest, organizations);
     } catch (err) {
       return this.failed(err);
     }
-    if (answer instanceof Promise) return answer.then((res) => this.decide(res, credential), (err) => this.failed(err));
-    return this.decide(answer, credential);
+    const found = credential;
+    if (answer instanceof Promise) return answer.then((res) => this.decide(res, found)).catch((err: unknown) => this.failed(err));
+    try {
+      return this.decide(answer, found);
+    } catch (err) {
+      return this.failed(err);
+    }
   }
 
   private requiredScopes(extensions: Record<string, string>, headers: Record<string, string>): string[] {
     const scopes = splitList(extensions[CONTEXT_EXTENSIONS.requiredScopes]);
-    if (this.scopesHeader !== "") scopes.push(...splitList(header(headers, this.scopesHeader)));
+    if (this.scopesHeader !== "") for (const scope of splitList(header(headers, this.scopesHeader))) scopes.push(scope);
     return scopes;
   }
 
@@ -125,23 +156,34 @@ export class ExtAuthz {
   }
 
   /**
-   * A key too long to be one is simply not valid. A dependency failure denies
-   * with 503, never allows; it is reported where it happens (health checking,
-   * the Redis clients), not once per request here. Anything else (a bad route
-   * setting, a bug) becomes the gRPC error it is, which Envoy also treats as a
-   * denial (status_on_error).
+   * A key too long to be one is simply not valid. Any other request the
+   * Verifier refuses (too many or too long scopes, whether from the route or
+   * the client's scopes header; a cost that is not a number) is a 400. A
+   * dependency failure denies with 503; it is reported where it happens
+   * (health checking, the Redis clients), not once per request here. Anything
+   * else is a bug: reported, and a denial all the same.
    */
   private failed(err: unknown): CheckResponse {
-    if (err instanceof ApiError && err.code === Status.INVALID_ARGUMENT && err.metadata.field === "key") return deny("NOT_FOUND");
+    if (err instanceof ApiError && err.code === Status.INVALID_ARGUMENT) return deny(err.metadata.field === "key" ? "NOT_FOUND" : "BAD_REQUEST");
     if (err instanceof ApiError && err.code === Status.UNAVAILABLE) return deny("UNAVAILABLE");
-    throw err;
+    try {
+      this.onInternal(err);
+    } catch {
+      // A failing report must not turn the denial into an error.
+    }
+    return deny("CHECK_FAILED");
   }
 }
 
-export function extAuthzBinding(extAuthz: ExtAuthz): ServiceBinding<(typeof Authorization)["method"]> {
+export function extAuthzBinding(extAuthz: ExtAuthz, maxMessageBytes: number): ServiceBinding<(typeof Authorization)["method"]> {
   return {
     service: Authorization,
-    handlers: { check: (req) => extAuthz.check(req) },
+    // Envoy passes a request's headers as they came (up to its max_request_headers_kb, and not necessarily
+    // valid UTF-8): a CheckRequest too large or undecodable must be a denial, not an error.
+    maxMessageBytes,
+    unreadable: () => deny("BAD_REQUEST"),
+    // An Envoy caller limited to some organizations denies another's keys as unknown (see Verifier.verify).
+    handlers: { check: (req, call) => extAuthz.check(req, call.organizations) },
     access: () => "verify",
   };
 }
@@ -229,14 +271,15 @@ function deny(denial: Denial, extraHeaders: [string, string][] = []): CheckRespo
   });
 }
 
+/** At most one more than the Verifier takes, so a header of a million commas costs no million-entry list. */
 function splitList(value: string | undefined): string[] {
-  return value ? value.split(/[\s,]+/).filter((s) => s !== "") : [];
+  return value ? value.split(/[\s,]+/, LIMITS.scopes + 2).filter((s) => s !== "").slice(0, LIMITS.scopes + 1) : [];
 }
 
 function parseCost(value: string | undefined): number {
   if (value === undefined || value === "") return 0;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > 0xffff_ffff) {
+  const n = /^[0-9]{1,10}$/.test(value) ? Number(value) : Number.NaN;
+  if (!(n <= 0xffff_ffff)) {
     throw invalidArgument(`context_extensions.${CONTEXT_EXTENSIONS.cost}`, `must be a whole number of credits, got "${value}"`);
   }
   return n;

@@ -9,6 +9,7 @@ import {
   VerifyCode,
 } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { recode, withUsage } from "./answer.js";
+import type { OrganizationScope } from "./call-context.js";
 import { ApiError, invalidArgument, unavailable } from "./errors.js";
 import type { SecretHasher } from "./hashing.js";
 import { isWellFormed } from "./key-format.js";
@@ -59,20 +60,27 @@ export class Verifier {
     this.now = options.now ?? Date.now;
   }
 
-  verify(req: VerifyKeyRequest): VerifyKeyResponse | Promise<VerifyKeyResponse> {
+  /**
+   * `organizations`: the calling service's organizations (null = all). A key
+   * of another organization is NOT_FOUND to it, exactly as a key that does not
+   * exist (same answer, same bytes), and it is not used: no credits consumed,
+   * no last-used time. So a gateway of one tenant learns nothing about, and
+   * spends nothing of, another tenant's keys.
+   */
+  verify(req: VerifyKeyRequest, organizations: OrganizationScope | null = null): VerifyKeyResponse | Promise<VerifyKeyResponse> {
     const key = req.key;
     if (key.length === 0) throw invalidArgument("key", "is required");
     if (key.length > LIMITS.keyLength) throw invalidArgument("key", `must be at most ${LIMITS.keyLength} characters`);
     checkScopeBounds("required_scopes", req.requiredScopes);
     const cache = this.cache;
-    if (cache === null) return this.malformed(key) ?? this.load(null, req);
+    if (cache === null) return this.malformed(key) ?? this.load(null, req, organizations);
     // The cache first: only well-formed keys are ever cached, so a hit needs no
     // shape or checksum check (a third of a cached call's own CPU); a miss gets one.
     const cacheKey = this.hasher.cacheKey(key);
     const now = this.now();
     const cached = cache.get(cacheKey, now);
-    if (cached !== undefined) return this.answer(cached, req, now);
-    return this.malformed(key) ?? this.load(cacheKey, req);
+    if (cached !== undefined) return this.answer(cached, req, now, organizations);
+    return this.malformed(key) ?? this.load(cacheKey, req, organizations);
   }
 
   /** NOT_FOUND for a key that cannot be one (wrong shape or checksum): no lookup, nothing cached. */
@@ -84,7 +92,7 @@ export class Verifier {
   }
 
   /** From the database; `cacheKey` is null when there is no cache (nothing to key). */
-  private async load(cacheKey: string | null, req: VerifyKeyRequest): Promise<VerifyKeyResponse> {
+  private async load(cacheKey: string | null, req: VerifyKeyRequest, organizations: OrganizationScope | null): Promise<VerifyKeyResponse> {
     const cache = this.cache;
     const generation = cache ? cache.generation : 0;
     let value: CacheValue;
@@ -99,7 +107,7 @@ export class Verifier {
     }
     const now = this.now();
     if (cache !== null && cacheKey !== null) cache.set(cacheKey, value, generation, now);
-    return this.answer(value, req, now);
+    return this.answer(value, req, now, organizations);
   }
 
   /**
@@ -115,8 +123,13 @@ export class Verifier {
     return record;
   }
 
-  private answer(entry: CacheValue, req: VerifyKeyRequest, now: number): VerifyKeyResponse | Promise<VerifyKeyResponse> {
-    if (!isKnown(entry)) {
+  private answer(
+    entry: CacheValue,
+    req: VerifyKeyRequest,
+    now: number,
+    organizations: OrganizationScope | null,
+  ): VerifyKeyResponse | Promise<VerifyKeyResponse> {
+    if (!isKnown(entry) || (organizations !== null && !organizations.allows(entry.organizationId))) {
       this.stats.byCode[VerifyCode.NOT_FOUND]++;
       return NOT_FOUND;
     }

@@ -3,23 +3,40 @@
 // <token>`, gRPC metadata or HTTP header, both ports) or, on the gRPC port
 // with mutual TLS, with its client certificate (see tls.ts). Tokens are
 // looked up by their SHA-256, so the comparison never depends on how much of
-// a guessed token is right, and no token is kept in a map.
+// a guessed token is right, and no token is kept in a map; CALLERS may hold
+// only the digest (token_sha256), so the configuration holds no token at all.
+//
+// What a caller may do: `verify` (VerifyKey, Envoy ext_authz), `manage` (key
+// management), `admin` (OrganizationService: members' roles, API access, the
+// audit trail), each only in its organizations when it has a list of them.
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { CallContext } from "../keys/call-context.js";
+import { type CallContext, OrganizationScope } from "../keys/call-context.js";
 import { ApiError, Status } from "../keys/errors.js";
 
-export type Access = "manage" | "verify";
+export type Access = "manage" | "verify" | "admin";
+
+export const ACCESS_NAMES: Record<Access, string> = {
+  verify: "verify keys",
+  manage: "manage keys",
+  admin: "administer organizations (members, API access, audit trail)",
+};
 
 export interface CallerConfig {
   name: string;
-  /** Bearer token; absent for a caller that authenticates by certificate only. */
-  token?: string;
+  /**
+   * SHA-256 of the bearer token (32 bytes): all the service keeps of a token,
+   * whether CALLERS gave the token or only its digest. Absent for a caller
+   * that authenticates by certificate only.
+   */
+  tokenSha256?: Buffer;
   /**
    * The client-certificate identity that is this caller, in the form
    * `CN=<subject common name>`, `DNS:<DNS SAN>` or `URI:<URI SAN>`.
    */
   certIdentity?: string;
   allow: Access[];
+  /** Organization ids and `prefix*` patterns; absent = every organization. */
+  organizations?: string[];
 }
 
 export interface Caller {
@@ -34,13 +51,17 @@ export type PeerIdentities = () => readonly string[];
 
 const NO_PEER: PeerIdentities = () => [];
 
-function caller(name: string, allow: Access[]): Caller {
-  return { name, allow: new Set(allow), context: { caller: name } };
+function caller(name: string, allow: Access[], organizations?: string[]): Caller {
+  return {
+    name,
+    allow: new Set(allow),
+    context: { caller: name, organizations: organizations === undefined ? null : new OrganizationScope(organizations) },
+  };
 }
 
-const ANONYMOUS = caller("anonymous", ["manage", "verify"]);
+const ANONYMOUS = caller("anonymous", ["manage", "verify", "admin"]);
 
-function digest(token: string): Buffer {
+export function digest(token: string): Buffer {
   return createHash("sha256").update(token, "utf8").digest();
 }
 
@@ -61,11 +82,9 @@ export class CallerAuth {
 
   constructor(callers: CallerConfig[], allowUnauthenticated: boolean) {
     for (const c of callers) {
-      const entry = caller(c.name, c.allow);
-      if (c.token !== undefined) {
-        const d = digest(c.token);
-        this.byDigest.set(d.toString("latin1"), { digest: d, caller: entry });
-      }
+      const entry = caller(c.name, c.allow, c.organizations);
+      const d = c.tokenSha256;
+      if (d !== undefined) this.byDigest.set(d.toString("latin1"), { digest: d, caller: entry });
       if (c.certIdentity !== undefined) this.byCertIdentity.set(c.certIdentity, entry);
     }
     this.allowAnonymous = allowUnauthenticated && callers.length === 0;
@@ -84,7 +103,7 @@ export class CallerAuth {
       throw new ApiError(
         Status.PERMISSION_DENIED,
         "CALLER_NOT_ALLOWED",
-        `caller "${caller.name}" is not allowed to ${access === "manage" ? "manage keys" : "verify keys"}`,
+        `caller "${caller.name}" is not allowed to ${ACCESS_NAMES[access]}`,
         { caller: caller.name, access },
       );
     }

@@ -1,11 +1,12 @@
 // Services as plain handler tables, independent of the transport: the gRPC
 // server (grpc-server.ts) and the Connect router (http-server.ts) both
 // serve exactly these functions. Each method also names the access a caller
-// needs (manage or verify).
+// needs (verify, manage or admin), and every call naming an organization is
+// checked against the caller's organizations here, once for both ports.
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { ApiKeyService, OrganizationService as OrganizationServiceDesc } from "../../gen/apikeys/v1/apikeys_pb.js";
-import type { CallContext } from "../keys/call-context.js";
+import { type CallContext, requireOrganization } from "../keys/call-context.js";
 import type { KeyService } from "../keys/key-service.js";
 import type { OrganizationService } from "../keys/organization-service.js";
 import type { Verifier } from "../keys/verifier.js";
@@ -46,20 +47,37 @@ export interface ServiceBinding<S extends GenServiceMethods = GenServiceMethods>
   handlers: Handlers<S>;
   /** The access a caller needs, by method local name (e.g. "verifyKey"). */
   access: (method: string) => Access;
+  /** The largest request this service reads, when it differs from MAX_MESSAGE_BYTES (gRPC port). */
+  maxMessageBytes?: number;
+  /**
+   * The answer to a request that cannot be decoded or is over the limit,
+   * instead of an error (gRPC port): for a service whose caller treats an
+   * error differently from a refusal (Envoy's failure_mode_allow).
+   */
+  unreadable?: () => unknown;
+}
+
+/** The handler, called only when the caller may act in the request's organization. */
+function inOrganization<R extends { organizationId: string }, O>(handler: (req: R, call: CallContext) => O): (req: R, call: CallContext) => O {
+  return (req, call) => {
+    requireOrganization(call, req.organizationId);
+    return handler(req, call);
+  };
 }
 
 export function apiKeyBinding(keys: KeyService, verifier: Verifier): ServiceBinding<(typeof ApiKeyService)["method"]> {
   return {
     service: ApiKeyService,
     handlers: {
-      createKey: (req, call) => keys.createKey(req, call),
-      listKeys: (req, call) => keys.listKeys(req, call),
-      getKey: (req, call) => keys.getKey(req, call),
-      updateKey: (req, call) => keys.updateKey(req, call),
-      rotateKey: (req, call) => keys.rotateKey(req, call),
-      revokeKey: (req, call) => keys.revokeKey(req, call),
-      revokeKeys: (req, call) => keys.revokeKeys(req, call),
-      verifyKey: (req) => verifier.verify(req),
+      createKey: inOrganization((req, call) => keys.createKey(req, call)),
+      listKeys: inOrganization((req, call) => keys.listKeys(req, call)),
+      getKey: inOrganization((req, call) => keys.getKey(req, call)),
+      updateKey: inOrganization((req, call) => keys.updateKey(req, call)),
+      rotateKey: inOrganization((req, call) => keys.rotateKey(req, call)),
+      revokeKey: inOrganization((req, call) => keys.revokeKey(req, call)),
+      revokeKeys: inOrganization((req, call) => keys.revokeKeys(req, call)),
+      // A caller limited to some organizations is told NOT_FOUND for another's key (see Verifier.verify).
+      verifyKey: (req, call) => verifier.verify(req, call.organizations),
     },
     access: (method) => (method === "verifyKey" ? "verify" : "manage"),
   };
@@ -69,11 +87,12 @@ export function organizationBinding(orgs: OrganizationService): ServiceBinding<(
   return {
     service: OrganizationServiceDesc,
     handlers: {
-      setMemberRole: (req, call) => orgs.setMemberRole(req, call),
-      removeMember: (req, call) => orgs.removeMember(req, call),
-      setApiAccess: (req, call) => orgs.setApiAccess(req, call),
-      listAuditEvents: (req, call) => orgs.listAuditEvents(req, call),
+      setMemberRole: inOrganization((req, call) => orgs.setMemberRole(req, call)),
+      removeMember: inOrganization((req, call) => orgs.removeMember(req, call)),
+      setApiAccess: inOrganization((req, call) => orgs.setApiAccess(req, call)),
+      listAuditEvents: inOrganization((req, call) => orgs.listAuditEvents(req, call)),
     },
-    access: () => "manage",
+    // Members' roles decide what every key of the organization may do: more than managing keys.
+    access: () => "admin",
   };
 }

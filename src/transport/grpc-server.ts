@@ -12,6 +12,8 @@ import { peerIdentities } from "./tls.js";
 
 /** Marks a request that could not be decoded, so the handler can answer INVALID_ARGUMENT. */
 const UNDECODABLE = Symbol("undecodable");
+/** Marks a request over its service's message limit (see GrpcServerOptions), answered RESOURCE_EXHAUSTED. */
+const TOO_LARGE = Symbol("too large");
 
 function toBuffer(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -39,8 +41,9 @@ function encoder(schema: DescMessage) {
   };
 }
 
-function decoder(schema: DescMessage) {
+function decoder(schema: DescMessage, maxBytes: number) {
   return (bytes: Buffer): unknown => {
+    if (bytes.length > maxBytes) return TOO_LARGE;
     try {
       return fromBinary(schema, bytes);
     } catch {
@@ -51,11 +54,21 @@ function decoder(schema: DescMessage) {
 
 export interface GrpcServerOptions {
   maxMessageBytes: number;
+  /**
+   * The largest message a binding with its own limit (ext_authz: a request's
+   * headers, which Envoy may pass up to its max_request_headers_kb) may send;
+   * the server reads up to this, and every other binding refuses what is over
+   * maxMessageBytes itself.
+   */
+  largestMessageBytes?: number;
 }
 
+/** The message limit of bindings without their own, by server (set by createGrpcServer). */
+const messageLimits = new WeakMap<grpc.Server, number>();
+
 export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
-  return new grpc.Server({
-    "grpc.max_receive_message_length": options.maxMessageBytes,
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": Math.max(options.maxMessageBytes, options.largestMessageBytes ?? 0),
     "grpc.max_send_message_length": 4 * 1024 * 1024,
     // Callers keep long-lived connections; reap dead ones.
     "grpc.keepalive_time_ms": 60_000,
@@ -65,10 +78,12 @@ export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
     // expose; it showed in the hot path's profile (about 8% inclusive).
     "grpc.enable_channelz": 0,
   });
+  messageLimits.set(server, options.maxMessageBytes);
+  return server;
 }
 
 /** The grpc-js service definition of a protobuf-es service: paths and (de)serializers. */
-export function serviceDefinition(service: DescService): Record<string, grpc.MethodDefinition<unknown, unknown>> {
+export function serviceDefinition(service: DescService, maxMessageBytes = Number.POSITIVE_INFINITY): Record<string, grpc.MethodDefinition<unknown, unknown>> {
   const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const method of service.methods) {
     definition[method.localName] = {
@@ -77,7 +92,7 @@ export function serviceDefinition(service: DescService): Record<string, grpc.Met
       responseStream: false,
       originalName: method.localName,
       requestSerialize: encoder(method.input),
-      requestDeserialize: decoder(method.input),
+      requestDeserialize: decoder(method.input, maxMessageBytes),
       responseSerialize: encoder(method.output),
       responseDeserialize: (b: Buffer) => fromBinary(method.output, b),
     };
@@ -92,7 +107,7 @@ export function addBinding(
   onInternal: InternalErrorSink,
   observer: CallObserver,
 ): void {
-  const definition = serviceDefinition(binding.service);
+  const definition = serviceDefinition(binding.service, binding.maxMessageBytes ?? messageLimits.get(server) ?? Number.POSITIVE_INFINITY);
   const implementation: grpc.UntypedServiceImplementation = {};
   for (const method of binding.service.methods) {
     const path = definition[method.localName].path;
@@ -112,11 +127,15 @@ export function addBinding(
         const header = call.metadata.get("authorization");
         const caller = auth.authorize(header.length > 0 ? String(header[0]) : undefined, access, () => peerIdentities(call));
         callerName = caller.name;
-        if (call.request === UNDECODABLE) throw invalidArgument("request", "is not a valid protobuf message");
-        // A call the client gave up on, or whose deadline passed while it waited (a late event loop), must not start writing.
-        if (call.cancelled) throw notStarted(Status.CANCELLED, "the client cancelled the call");
-        if (Number(call.getDeadline()) <= Date.now()) throw notStarted(Status.DEADLINE_EXCEEDED, "the call's deadline passed");
-        result = handler(call.request, caller.context);
+        const request = call.request;
+        if (request === UNDECODABLE || request === TOO_LARGE) {
+          result = unreadable(binding, request);
+        } else {
+          // A call the client gave up on, or whose deadline passed while it waited (a late event loop), must not start writing.
+          if (call.cancelled) throw notStarted(Status.CANCELLED, "the client cancelled the call");
+          if (Number(call.getDeadline()) <= Date.now()) throw notStarted(Status.DEADLINE_EXCEEDED, "the call's deadline passed");
+          result = handler(request, caller.context);
+        }
       } catch (err) {
         fail(err);
         return;
@@ -133,6 +152,15 @@ export function addBinding(
     };
   }
   server.addService(definition, implementation);
+}
+
+/** What a request that could not be read gets: the binding's own answer (ext_authz: a denial), or an error. */
+function unreadable(binding: ServiceBinding, request: typeof UNDECODABLE | typeof TOO_LARGE): unknown {
+  if (binding.unreadable !== undefined) return binding.unreadable();
+  if (request === TOO_LARGE) {
+    throw new ApiError(Status.RESOURCE_EXHAUSTED, "MESSAGE_TOO_LARGE", "the request is larger than the server accepts (MAX_MESSAGE_BYTES)");
+  }
+  throw invalidArgument("request", "is not a valid protobuf message");
 }
 
 function notStarted(code: typeof Status.CANCELLED | typeof Status.DEADLINE_EXCEEDED, why: string): ApiError {

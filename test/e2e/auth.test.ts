@@ -13,12 +13,15 @@ import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { createLogger } from "../../src/logger.js";
 import { GrpcClient, type TestServer, startServer } from "../helpers/server.js";
 
-const WEB_TOKEN = "web-token-4bd1e0c9a7f2";
-const GATEWAY_TOKEN = "gateway-token-77c0a91e3b";
-const WRONG_TOKEN = "guessed-token-0f0f0f0f0f0f";
+const WEB_TOKEN = "web-token-4bd1e0c9a7f2-7Hq2Lm9Zx";
+const GATEWAY_TOKEN = "gateway-token-77c0a91e3b-7Hq2Lm9Zx";
+const WRONG_TOKEN = "guessed-token-0f0f0f0f0f0f-7Hq2Lm9Zx";
+const KEYS_TOKEN = "keys-only-token-5d2e8a41c0b7-7Hq2Lm9Zx";
 const CALLERS = JSON.stringify([
-  { name: "web", token: WEB_TOKEN, allow: ["manage", "verify"] },
+  { name: "web", token: WEB_TOKEN, allow: ["manage", "verify", "admin"] },
   { name: "gateway", token: GATEWAY_TOKEN, allow: ["verify"] },
+  // Manages keys, but does not administer organizations: members' roles and API access are not its to change.
+  { name: "keys", token: KEYS_TOKEN, allow: ["manage", "verify"] },
 ]);
 const owner = { userId: "u_owner", role: Role.OWNER };
 
@@ -136,7 +139,15 @@ describe("caller authentication", () => {
         }
       });
 
-      it("lets a manage caller manage and verify; the key it creates verifies for the gateway", async () => {
+      it("does not let a manage caller reach OrganizationService without admin: PERMISSION_DENIED", async () => {
+        const keys = `Bearer ${KEYS_TOKEN}`;
+        await port.createKey(keys);
+        const f = await failure(port.setMemberRole(keys));
+        expect(f).toMatchObject({ code: Code.PermissionDenied, reason: "CALLER_NOT_ALLOWED" });
+        expect(f.text).toContain('caller "keys" is not allowed to administer organizations');
+      });
+
+      it("lets a manage and admin caller manage, administer and verify; the key it creates verifies for the gateway", async () => {
         const created = (await port.createKey(`bearer ${WEB_TOKEN}`)) as { secret: string };
         expect((await port.verifyKey(`Bearer ${WEB_TOKEN}`, created.secret)).code).toBe(VerifyCode.VALID);
         expect((await port.verifyKey(`Bearer ${GATEWAY_TOKEN}`, created.secret)).code).toBe(VerifyCode.VALID);
@@ -171,7 +182,7 @@ describe("caller authentication", () => {
       { headers: { authorization: `Bearer ${WEB_TOKEN}` } },
     );
     expect(res.events.length).toBeGreaterThan(0);
-    expect(new Set(res.events.map((e) => e.caller))).toEqual(new Set(["web"]));
+    expect(new Set(res.events.map((e) => e.caller))).toEqual(new Set(["web", "keys"]));
   });
 
   it("writes no token to the logs (debug level)", () => {
@@ -179,6 +190,6 @@ describe("caller authentication", () => {
     s.app.logger.debug({ probe: "log-capture" }, "probe");
     const log = logLines.join("");
     expect(log).toContain("log-capture");
-    for (const token of [WEB_TOKEN, GATEWAY_TOKEN, WRONG_TOKEN]) expect(log).not.toContain(token);
+    for (const token of [WEB_TOKEN, GATEWAY_TOKEN, WRONG_TOKEN, KEYS_TOKEN]) expect(log).not.toContain(token);
   });
 });

@@ -11,11 +11,13 @@ import { EXIT } from "../../src/cli/exit-codes.js";
 import { run } from "../../src/cli/program.js";
 import { type TestServer, startServer } from "../helpers/server.js";
 
-const CLI_TOKEN = "cli-caller-token-0123456789";
-const VERIFY_ONLY_TOKEN = "verify-only-token-0123456789";
+const CLI_TOKEN = "cli-caller-token-0123456789-7Hq2Lm9Zx";
+const VERIFY_ONLY_TOKEN = "verify-only-token-0123456789-7Hq2Lm9Zx";
+const TENANT_TOKEN = "tenant-cli-token-0123456789-7Hq2Lm9Zx";
 const CALLERS = JSON.stringify([
   { name: "cli", token: CLI_TOKEN, allow: ["manage", "verify"] },
   { name: "gateway", token: VERIFY_ONLY_TOKEN, allow: ["verify"] },
+  { name: "tenant", token: TENANT_TOKEN, allow: ["manage", "verify"], organizations: ["org_tenant"] },
 ]);
 const BIN = JSON.parse(readFileSync("package.json", "utf8")).bin.apikeys as string;
 const owner = { userId: "cli", role: Role.OWNER };
@@ -164,6 +166,42 @@ describe("apikeys CLI", () => {
     expect(usage.stderr).toContain('--expires: "soon" is not a duration');
 
     for (const r of [missing, notAllowed, unreachable, usage]) expect(r.stderr).not.toMatch(/^\s+at /m);
+  });
+
+  it("exits NOT_ALLOWED (4) when its caller may not act in the organization, and verifies another's key as not valid", async () => {
+    const tenant = { ...env, APIKEYS_TOKEN: TENANT_TOKEN };
+    expect((await cli(["create", "--org", "org_tenant", "--name", "mine"], { env: tenant })).code).toBe(EXIT.OK);
+    for (const args of [["create", "--org", "org_cli", "--name", "x"], ["list", "--org", "org_cli"], ["revoke", "key_x", "--org", "org_cli", "--yes"]]) {
+      const denied = await cli(args, { env: tenant });
+      expect(denied.code, args[0]).toBe(EXIT.NOT_ALLOWED);
+      expect(denied.stderr).toMatch(/^apikeys: PERMISSION_DENIED: caller "tenant" may not act in this organization .*\(reason: ORGANIZATION_NOT_ALLOWED\)\n$/);
+    }
+    const { secret } = await s.connect.createKey({ organizationId: "org_cli", actor: owner, name: "not theirs" });
+    const foreign = await cli(["verify", secret], { env: tenant });
+    expect([foreign.code, foreign.stdout]).toEqual([EXIT.INVALID_KEY, "not valid: NOT_FOUND\n"]);
+  });
+
+  it("escapes control characters in names, ids and messages in every human-readable output", async () => {
+    // What the service lets through in a name: C1 CSI (ESC [ on many terminals) to clear the screen, a carriage
+    // return and a line feed to fake a line of output, DEL, a right-to-left override to reverse what follows.
+    const evil = "ok\u009b2J\r\nRevoked key_all.\x7f\u202etxt.exe\u0085";
+    const { key, secret } = await s.connect.createKey({ organizationId: "org_escape", actor: owner, name: evil });
+    const escaped = "ok\\x9b2J\\x0d\\x0aRevoked key_all.\\x7f\\u202etxt.exe\\x85";
+    const outputs = [
+      (await cli(["list", "--org", "org_escape"], { env })).stdout,
+      (await cli(["verify", secret], { env })).stdout,
+      (await cli(["rotate", key!.id, "--org", "org_escape"], { env })).stdout,
+      (await cli(["revoke", key!.id, "--org", "org_escape", "--yes"], { env })).stdout,
+      (await cli(["create", "--org", "org_escape", "--name", evil], { env })).stdout,
+      // An organization id the service refuses, quoted back in its error message.
+      (await cli(["list", "--org", "org\x1b[31m"], { env })).stderr,
+    ];
+    for (const out of outputs) expect(out).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]/);
+    expect(outputs[0]).toContain("ok\\x9b2J\\x0d\\x0aRevoked key_");
+    for (const out of outputs.slice(1, 5)) expect(out).toContain(escaped);
+    // --json is for programs: exact, JSON-escaped.
+    const json = JSON.parse((await cli(["--json", "list", "--org", "org_escape", "--show-revoked"], { env })).stdout) as { keys: { name: string }[] };
+    expect(json.keys.map((k) => k.name)).toContain(evil);
   });
 
   it("asks for confirmation on a terminal: 'n' keeps the key, 'y' revokes it", async () => {

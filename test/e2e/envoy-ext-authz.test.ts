@@ -7,16 +7,21 @@ import { createRequire } from "node:module";
 import * as grpc from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
+import { CheckRequestSchema, CheckResponseSchema } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
 import { generateSecret } from "../../src/keys/key-format.js";
 import { MemoryStore } from "../../src/store/memory-store.js";
 import { type TestServer, startServer } from "../helpers/server.js";
 
-const ENVOY_TOKEN = "envoy-caller-token-0123456789";
-const ADMIN_TOKEN = "admin-caller-token-0123456789";
+const ENVOY_TOKEN = "envoy-caller-token-0123456789-7Hq2Lm9Zx";
+const ADMIN_TOKEN = "admin-caller-token-0123456789-7Hq2Lm9Zx";
+const TENANT_ENVOY_TOKEN = "tenant-envoy-token-0123456789-7Hq2Lm9Zx";
 const CALLERS = JSON.stringify([
   { name: "envoy", token: ENVOY_TOKEN, allow: ["verify"] },
-  { name: "admin", token: ADMIN_TOKEN, allow: ["manage", "verify"] },
+  { name: "admin", token: ADMIN_TOKEN, allow: ["manage", "verify", "admin"] },
+  // One tenant's gateway: it may verify keys of org_envoy only.
+  { name: "tenant-envoy", token: TENANT_ENVOY_TOKEN, allow: ["verify"], organizations: ["org_envoy"] },
 ]);
 const owner = { userId: "u_owner", role: Role.OWNER };
 
@@ -221,11 +226,106 @@ describe("Envoy ext_authz (envoy.service.auth.v3.Authorization/Check)", () => {
     await expect(check({ headers: {} }, "not-a-known-caller-token")).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
   });
 
-  it("rejects a route setting that is not a number of credits as INVALID_ARGUMENT", async () => {
-    const { secret } = await createKey();
-    await expect(check({ headers: { "x-api-key": secret }, contextExtensions: { cost: "lots" } })).rejects.toMatchObject({
-      code: grpc.status.INVALID_ARGUMENT,
+  // Every malformed input is a denial, never a gRPC error: Envoy with failure_mode_allow lets a request through
+  // when its Check fails, so an error the client can provoke would be a way in.
+  describe("denies every malformed input (never an error that failure_mode_allow would turn into allow)", () => {
+    let secret: string;
+    beforeAll(async () => {
+      secret = (await createKey()).secret;
     });
+    const badRequest = (res: CheckResponse) => {
+      const d = denied(res);
+      expect([d.status, d.rpc, d.body.error]).toEqual(["BadRequest", grpc.status.INVALID_ARGUMENT, "BAD_REQUEST"]);
+      return d;
+    };
+
+    it("too many scopes in the client's scopes header", async () => {
+      const scopes = Array.from({ length: 5000 }, (_, i) => `s${i}`).join(",");
+      badRequest(await check({ headers: { "x-api-key": secret, "x-required-scopes": scopes } }));
+    });
+
+    it("a scope too long in the client's scopes header, and its text is not echoed", async () => {
+      const d = badRequest(await check({ headers: { "x-api-key": secret, "x-required-scopes": `documents:${"r".repeat(5000)}` } }));
+      expect(JSON.stringify(d)).not.toContain("rrrrrrrr");
+    });
+
+    it("too many scopes in the route's required_scopes", async () => {
+      const scopes = Array.from({ length: 500 }, (_, i) => `s${i}`).join(",");
+      badRequest(await check({ headers: { "x-api-key": secret }, contextExtensions: { required_scopes: scopes } }));
+    });
+
+    it("a route cost that is not a number of credits, negative, or too large", async () => {
+      for (const cost of ["lots", "-1", "1.5", "99999999999", "0x10"]) {
+        badRequest(await check({ headers: { "x-api-key": secret }, contextExtensions: { cost } }));
+      }
+    });
+
+    it("an oversized or malformed key in each place a key is looked for: 401, as an unknown key", async () => {
+      const cases: Record<string, string>[] = [
+        { "x-api-key": "k".repeat(100_000) },
+        { authorization: `Bearer ${"k".repeat(100_000)}` },
+        { "x-api-key": "\u0000\u0001" },
+        { authorization: "Bearer sk_" },
+      ];
+      for (const headers of cases) {
+        expect(denied(await check({ headers })).body.error).toBe("NOT_FOUND");
+      }
+      expect(denied(await check({ path: `/v1?api_key=${"k".repeat(100_000)}` })).body.error).toBe("NOT_FOUND");
+      expect(denied(await check({ path: "/v1?api_key=%zz%" })).body.error).toBe("NOT_FOUND");
+    });
+
+    it("a header value that is not UTF-8 (Envoy passes a request's bytes as they came)", async () => {
+      // Built as Envoy would send it, then one header's bytes made invalid UTF-8 (0xff), as an HTTP/1 client may send.
+      const marker = "MARKERMARKER";
+      const request = create(CheckRequestSchema, {
+        attributes: { request: { http: { path: "/", headers: { "x-api-key": secret, "x-note": marker } } } },
+      });
+      const bytes = Buffer.from(toBinary(CheckRequestSchema, request));
+      const at = bytes.indexOf(marker);
+      bytes.fill(0xff, at, at + marker.length);
+      const raw = new grpc.Client(`127.0.0.1:${s.grpcPort}`, grpc.credentials.createInsecure());
+      const md = new grpc.Metadata();
+      md.set("authorization", `Bearer ${ENVOY_TOKEN}`);
+      try {
+        const answer = await new Promise<Buffer>((resolve, reject) =>
+          raw.makeUnaryRequest("/envoy.service.auth.v3.Authorization/Check", (b: Buffer) => b, (b: Buffer) => b, bytes, md, (err, res) =>
+            err ? reject(err) : resolve(res!),
+          ),
+        );
+        const res = fromBinary(CheckResponseSchema, answer);
+        expect(res.status?.code).toBe(grpc.status.INVALID_ARGUMENT);
+        expect(res.httpResponse.case).toBe("deniedResponse");
+      } finally {
+        raw.close();
+      }
+    });
+
+    it("a request larger than MAX_MESSAGE_BYTES (headers up to EXT_AUTHZ_MAX_MESSAGE_BYTES are read)", async () => {
+      badRequest(await check({ headers: { "x-api-key": secret, "x-required-scopes": "a,".repeat(200_000) } }));
+      const big = await check({ headers: { "x-api-key": secret, "x-padding": "p".repeat(200_000) } });
+      expect(big.http_response).toBe("ok_response");
+    });
+
+    it("a request without attributes at all: 401, a missing key", async () => {
+      const md = new grpc.Metadata();
+      md.set("authorization", `Bearer ${ENVOY_TOKEN}`);
+      const res = await new Promise<CheckResponse>((resolve, reject) => client.Check({}, md, (err, r) => (err ? reject(err) : resolve(r))));
+      expect(denied(res).body.error).toBe("MISSING_KEY");
+    });
+  });
+
+  it("denies a tenant's gateway another organization's key as unknown (401 NOT_FOUND), and spends none of its credits", async () => {
+    const own = await createKey();
+    const other = await createKey({ org: "org_other", limits: { monthlyCredits: 10n } });
+    expect((await check({ headers: { "x-api-key": own.secret } }, TENANT_ENVOY_TOKEN)).http_response).toBe("ok_response");
+    const unknown = denied(await check({ headers: { "x-api-key": generateSecret("sk") } }, TENANT_ENVOY_TOKEN));
+    const foreign = denied(await check({ headers: { "x-api-key": other.secret }, contextExtensions: { cost: "10" } }, TENANT_ENVOY_TOKEN));
+    // Word for word what an unknown key gets: nothing says the key exists.
+    expect(foreign).toEqual(unknown);
+    expect(foreign.body.error).toBe("NOT_FOUND");
+    // The gateway allowed every organization still sees it, with all of its credits.
+    const all = await s.connect.verifyKey({ key: other.secret, cost: 10 });
+    expect([all.valid, all.remainingCredits]).toEqual([true, 0n]);
   });
 });
 

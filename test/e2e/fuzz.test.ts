@@ -22,8 +22,8 @@ import { NO_OBSERVER } from "../../src/transport/bindings.js";
 import { addBinding } from "../../src/transport/grpc-server.js";
 import { GrpcClient, type TestServer, startServer } from "../helpers/server.js";
 
-const TOKEN = "fuzz-manage-token-5a1c9e";
-const VERIFY_ONLY_TOKEN = "fuzz-verify-token-2b8d0f";
+const TOKEN = "fuzz-manage-token-5a1c9e-7Hq2Lm9Zx";
+const VERIFY_ONLY_TOKEN = "fuzz-verify-token-2b8d0f-7Hq2Lm9Zx";
 const owner = { userId: "u_owner", role: Role.OWNER };
 // Every RPC of the gRPC port, Envoy's ext_authz Check included; the HTTP port serves all but Check.
 const METHODS = [ApiKeyService, OrganizationService, Authorization].flatMap((service) =>
@@ -285,7 +285,7 @@ describe("fuzzing every RPC over a real server", () => {
       env: {
         ALLOW_UNAUTHENTICATED_CALLERS: "false",
         CALLERS: JSON.stringify([
-          { name: "fuzzer", token: TOKEN, allow: ["manage", "verify"] },
+          { name: "fuzzer", token: TOKEN, allow: ["manage", "verify", "admin"] },
           { name: "gateway", token: VERIFY_ONLY_TOKEN, allow: ["verify"] },
         ]),
         // Background writes would change rows while nothing is sent: keep them out of the test's window.

@@ -25,7 +25,7 @@ describe("key lifecycle (MariaDB + Redis, injected clock)", () => {
       now: () => clock,
       env: {
         // A named caller, so that the audit trail can show who called.
-        CALLERS: JSON.stringify([{ name: "web", token: CALLER_TOKEN, allow: ["manage", "verify"] }]),
+        CALLERS: JSON.stringify([{ name: "web", token: CALLER_TOKEN, allow: ["manage", "verify", "admin"] }]),
         TEST_CALLER_TOKEN: CALLER_TOKEN,
       },
     });

@@ -15,7 +15,7 @@ import { loadConfig } from "../../src/config.js";
 import { certificateIdentities } from "../../src/transport/tls.js";
 import { GrpcClient, TEST_PEPPER, type TestServer, startServer } from "../helpers/server.js";
 
-const WEB_TOKEN = "web-token-3e8f1d2c9b7a";
+const WEB_TOKEN = "web-token-3e8f1d2c9b7a-7Hq2Lm9Zx";
 const owner = { userId: "u_owner", role: Role.OWNER };
 
 /** A throwaway PKI in a temp dir: two CAs, a server certificate and client certificates. */
@@ -106,7 +106,7 @@ describe("mutual TLS on the gRPC port", () => {
         ALLOW_UNAUTHENTICATED_CALLERS: "false",
         CALLERS: JSON.stringify([
           { name: "gateway", cert_identity: "CN=gateway", allow: ["verify"] },
-          { name: "web", cert_identity: "URI:spiffe://example.test/web", token: WEB_TOKEN, allow: ["manage", "verify"] },
+          { name: "web", cert_identity: "URI:spiffe://example.test/web", token: WEB_TOKEN, allow: ["manage", "verify", "admin"] },
         ]),
         TLS_CERT_FILE: pki.path("server.pem"),
         TLS_KEY_FILE: pki.path("server.key"),

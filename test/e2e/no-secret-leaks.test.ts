@@ -15,9 +15,9 @@ import { type TestServer, startServer } from "../helpers/server.js";
 
 const PEPPER = "leak-test-pepper-7f3a9c1e5b";
 const PREVIOUS_PEPPER = "leak-test-old-pepper-2d8e6a";
-const WEB_TOKEN = "leak-test-web-token-4c1f9a";
-const GATEWAY_TOKEN = "leak-test-gateway-token-8b2e7d";
-const WRONG_TOKEN = "leak-test-wrong-token-0a0a0a";
+const WEB_TOKEN = "leak-test-web-token-4c1f9a-7Hq2Lm9Zx";
+const GATEWAY_TOKEN = "leak-test-gateway-token-8b2e7d-7Hq2Lm9Zx";
+const WRONG_TOKEN = "leak-test-wrong-token-0a0a0a-7Hq2Lm9Zx";
 const owner = { userId: "u_owner", role: Role.OWNER };
 const member = { userId: "u_member", role: Role.MEMBER };
 
@@ -60,7 +60,7 @@ describe("no secret in the database, logs, errors or metrics", () => {
         KEY_PEPPER_PREVIOUS: PREVIOUS_PEPPER,
         ALLOW_UNAUTHENTICATED_CALLERS: "false",
         CALLERS: JSON.stringify([
-          { name: "web", token: WEB_TOKEN, allow: ["manage", "verify"] },
+          { name: "web", token: WEB_TOKEN, allow: ["manage", "verify", "admin"] },
           { name: "gateway", token: GATEWAY_TOKEN, allow: ["verify"] },
         ]),
         LOG_LEVEL: "debug",

@@ -196,11 +196,11 @@ describe("per-RPC logs", () => {
   it("one line per call with request id, caller, method, code and duration; answered VerifyKey only at debug; never a secret", async () => {
     const lines: Record<string, unknown>[] = [];
     const logger = pino({ level: "debug" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
-    const callers = JSON.stringify([{ name: "web", token: "web-token-0123456789abcdef", allow: ["manage", "verify"] }]);
+    const callers = JSON.stringify([{ name: "web", token: "web-token-0123456789abcdef-7Hq2Lm9Zx", allow: ["manage", "verify"] }]);
     const s = await startServer({ store: new MemoryStore(), logger, env: { CALLERS: callers, ALLOW_UNAUTHENTICATED_CALLERS: "" } });
     const auth = () => {
       const md = new grpc.Metadata();
-      md.set("authorization", "Bearer web-token-0123456789abcdef");
+      md.set("authorization", "Bearer web-token-0123456789abcdef-7Hq2Lm9Zx");
       return md;
     };
     try {
@@ -235,7 +235,7 @@ describe("per-RPC logs", () => {
 
       const all = JSON.stringify(lines);
       expect(all).not.toContain(secret);
-      expect(all).not.toContain("web-token-0123456789abcdef");
+      expect(all).not.toContain("web-token-0123456789abcdef-7Hq2Lm9Zx");
       expect(all).not.toContain("not-a-known-caller-token");
       expect(all).not.toContain("sk_unknownunknown");
     } finally {

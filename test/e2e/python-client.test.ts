@@ -18,7 +18,7 @@ const PYTHON = "/usr/bin/python3";
 const PROTOC = "/usr/bin/protoc";
 const GRPC_PYTHON_PLUGIN = "/usr/bin/grpc_python_plugin";
 const TOOLS = [PROTOC, GRPC_PYTHON_PLUGIN, PYTHON];
-const TOKEN = "python-caller-token-0123456789";
+const TOKEN = "python-caller-token-0123456789-7Hq2Lm9Zx";
 
 // CI installs the tools (.ci/run), so there a missing one is a failure, not a skip.
 const missing = TOOLS.filter((t) => !existsSync(t));

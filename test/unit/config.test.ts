@@ -2,11 +2,12 @@
 // refuses to start open to anyone, and every mistake in CALLERS or the TLS
 // variables stops it with a message naming what is wrong — never the token.
 import { describe, expect, it } from "vitest";
+import { createHash } from "node:crypto";
 import { ConfigError } from "../../src/config-error.js";
-import { loadConfig } from "../../src/config.js";
+import { loadConfig, tokenWeakness } from "../../src/config.js";
 
 const PEPPER = "unit-test-pepper-0123456789";
-const TOKEN = "a-caller-token-0123456789";
+const TOKEN = "a-caller-token-0123456789-7Hq2Lm9Zx";
 
 function load(env: Record<string, string>, dev = false) {
   return loadConfig({ KEY_PEPPER: PEPPER, ...env }, { dev });
@@ -23,6 +24,7 @@ function refusal(env: Record<string, string>): string {
 }
 
 const callers = (...list: unknown[]) => ({ CALLERS: JSON.stringify(list) });
+const sha256 = (text: string) => createHash("sha256").update(text).digest();
 
 describe("loadConfig: callers", () => {
   it("refuses to start without callers outside dev mode", () => {
@@ -48,7 +50,7 @@ describe("loadConfig: callers", () => {
       TLS_CLIENT_CA_FILE: "/etc/apikeys/ca.pem",
     });
     expect(config.callers).toEqual([
-      { name: "web", token: TOKEN, allow: ["manage", "verify"] },
+      { name: "web", tokenSha256: sha256(TOKEN), allow: ["manage", "verify"] },
       { name: "gateway", certIdentity: "CN=gateway", allow: ["verify"] },
     ]);
     expect(config.allowUnauthenticated).toBe(false);
@@ -66,17 +68,30 @@ describe("loadConfig: callers", () => {
       callers({ name: "web", token: TOKEN, allow: ["verify"] }, { name: "web", token: `${TOKEN}-2`, allow: ["manage"] }),
       /^CALLERS: the name "web" is used twice$/,
     ],
-    ["a short token", callers({ name: "web", token: "short", allow: ["verify"] }), /^CALLERS\[0\] \("web"\): token must be a string of at least 16 characters/],
-    ["a token with a space", callers({ name: "web", token: `${TOKEN} x`, allow: ["verify"] }), /token must be a string of at least 16 characters without spaces/],
+    ["a short token", callers({ name: "web", token: "short", allow: ["verify"] }), /^CALLERS\[0\] \("web"\): the token is weak \(5 characters; at least 32 are needed\)\. Use a random one/],
+    ["a token with a space", callers({ name: "web", token: `${TOKEN} x`, allow: ["verify"] }), /the token is weak \(it contains white space\)/],
+    ["a token of one kind of character", callers({ name: "web", token: "abcdefghijklmnopqrstuvwxyzabcdefgh", allow: ["verify"] }), /the token is weak \(it uses one kind of character only/],
+    ["a token of few characters", callers({ name: "web", token: "ab12ab12ab12ab12ab12ab12ab12ab12", allow: ["verify"] }), /the token is weak \(only 4 different characters; at least 10/],
+    ["a token and its digest", callers({ name: "web", token: TOKEN, token_sha256: sha256(TOKEN).toString("hex"), allow: ["verify"] }), /give token or token_sha256, not both/],
+    ["a digest that is not SHA-256 hex", callers({ name: "web", token_sha256: "abc", allow: ["verify"] }), /token_sha256 must be the token's SHA-256 as 64 hex digits/],
+    [
+      "a token and another caller's digest of it",
+      callers({ name: "a", token: TOKEN, allow: ["verify"] }, { name: "b", token_sha256: sha256(TOKEN).toString("hex"), allow: ["manage"] }),
+      /^CALLERS\[1\] \("b"\): token is the same as an earlier caller's$/,
+    ],
+    ["unknown organizations", callers({ name: "web", token: TOKEN, allow: ["verify"], organizations: "org_a" }), /organizations must be a non-empty list of organization ids or prefixes ending in "\*"/],
+    ["an empty organizations list", callers({ name: "web", token: TOKEN, allow: ["verify"], organizations: [] }), /organizations must be a non-empty list/],
+    ["a bare * organization", callers({ name: "web", token: TOKEN, allow: ["verify"], organizations: ["*"] }), /organizations must be a non-empty list/],
+    ["a * inside an organization", callers({ name: "web", token: TOKEN, allow: ["verify"], organizations: ["team_*_x"] }), /organizations must be a non-empty list/],
     ["a token that is not a string", callers({ name: "web", token: 1234567890123456789, allow: ["verify"] }), /token must be a string/],
     [
       "duplicate tokens",
       callers({ name: "a", token: TOKEN, allow: ["verify"] }, { name: "b", token: TOKEN, allow: ["manage"] }),
       /^CALLERS\[1\] \("b"\): token is the same as an earlier caller's$/,
     ],
-    ["no credentials", callers({ name: "web", allow: ["verify"] }), /^CALLERS\[0\] \("web"\): needs a token, a cert_identity, or both$/],
-    ["unknown allow values", callers({ name: "web", token: TOKEN, allow: ["manage", "admin"] }), /^CALLERS\[0\] \("web"\): allow must list "manage" and\/or "verify"$/],
-    ["an empty allow", callers({ name: "web", token: TOKEN, allow: [] }), /allow must list "manage" and\/or "verify"/],
+    ["no credentials", callers({ name: "web", allow: ["verify"] }), /^CALLERS\[0\] \("web"\): needs a token \(or its token_sha256\), a cert_identity, or both$/],
+    ["unknown allow values", callers({ name: "web", token: TOKEN, allow: ["manage", "root"] }), /^CALLERS\[0\] \("web"\): allow must list one or more of "verify", "manage", "admin"$/],
+    ["an empty allow", callers({ name: "web", token: TOKEN, allow: [] }), /allow must list one or more of/],
     ["a misspelt field", callers({ name: "web", token: TOKEN, alow: ["verify"] }), /^CALLERS\[0\]: unknown field "alow"/],
     [
       "a malformed cert_identity",
@@ -102,6 +117,31 @@ describe("loadConfig: callers", () => {
     const text = refusal(env);
     expect(text).toMatch(message);
     expect(text).not.toContain(TOKEN);
+  });
+});
+
+describe("loadConfig: caller tokens, permissions and organizations", () => {
+  it("keeps only a token's digest, and takes a configured digest as it is", () => {
+    const config = load(
+      callers(
+        { name: "web", token: TOKEN, allow: ["manage", "admin"], organizations: ["org_a", "team_*"] },
+        { name: "gw", token_sha256: sha256("gw-token-Zq81-abcdefghijklmnopqrstuv").toString("hex").toUpperCase(), allow: ["verify"] },
+      ),
+    );
+    expect(config.callers).toEqual([
+      { name: "web", tokenSha256: sha256(TOKEN), allow: ["manage", "admin"], organizations: ["org_a", "team_*"] },
+      { name: "gw", tokenSha256: sha256("gw-token-Zq81-abcdefghijklmnopqrstuv"), allow: ["verify"] },
+    ]);
+    expect(JSON.stringify(config)).not.toContain(TOKEN);
+  });
+
+  it("accepts what `openssl rand` makes, and refuses what a person would type", () => {
+    for (const strong of ["kJ3pQ0v8Xw2zR5tY7uI9oP1aS4dF6gH8jK0lZ2xC4v6=", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]) {
+      expect(tokenWeakness(strong), strong).toBeNull();
+    }
+    for (const weak of ["password", "passwordpasswordpasswordpassword", "11111111111111111111111111111111111", "aaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbbbbbb"]) {
+      expect(tokenWeakness(weak), weak).not.toBeNull();
+    }
   });
 });
 

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file envoy/type/v3/http_status.proto.
  */
 export const file_envoy_type_v3_http_status: GenFile = /*@__PURE__*/
-  fileDesc("Ch9lbnZveS90eXBlL3YzL2h0dHBfc3RhdHVzLnByb3RvEg1lbnZveS50eXBlLnYzIjUKCkh0dHBTdGF0dXMSJwoEY29kZRgBIAEoDjIZLmVudm95LnR5cGUudjMuU3RhdHVzQ29kZSppCgpTdGF0dXNDb2RlEgkKBUVtcHR5EAASEQoMVW5hdXRob3JpemVkEJEDEg4KCUZvcmJpZGRlbhCTAxIUCg9Ub29NYW55UmVxdWVzdHMQrQMSFwoSU2VydmljZVVuYXZhaWxhYmxlEPcDYgZwcm90bzM");
+  fileDesc("Ch9lbnZveS90eXBlL3YzL2h0dHBfc3RhdHVzLnByb3RvEg1lbnZveS50eXBlLnYzIjUKCkh0dHBTdGF0dXMSJwoEY29kZRgBIAEoDjIZLmVudm95LnR5cGUudjMuU3RhdHVzQ29kZSqUAQoKU3RhdHVzQ29kZRIJCgVFbXB0eRAAEg8KCkJhZFJlcXVlc3QQkAMSEQoMVW5hdXRob3JpemVkEJEDEg4KCUZvcmJpZGRlbhCTAxIUCg9Ub29NYW55UmVxdWVzdHMQrQMSGAoTSW50ZXJuYWxTZXJ2ZXJFcnJvchD0AxIXChJTZXJ2aWNlVW5hdmFpbGFibGUQ9wNiBnByb3RvMw");
 
 /**
  * @generated from message envoy.type.v3.HttpStatus
@@ -46,6 +46,11 @@ export enum StatusCode {
   Empty = 0,
 
   /**
+   * @generated from enum value: BadRequest = 400;
+   */
+  BadRequest = 400,
+
+  /**
    * @generated from enum value: Unauthorized = 401;
    */
   Unauthorized = 401,
@@ -59,6 +64,11 @@ export enum StatusCode {
    * @generated from enum value: TooManyRequests = 429;
    */
   TooManyRequests = 429,
+
+  /**
+   * @generated from enum value: InternalServerError = 500;
+   */
+  InternalServerError = 500,
 
   /**
    * @generated from enum value: ServiceUnavailable = 503;
