@@ -147,7 +147,8 @@ export function partitionSuite(o: PartitionOptions): void {
       o.timeoutMs,
     );
 
-    // Skipped until h19-broadcast's publish timeout and outbox are on main: today RevokeKey hangs until the caller's deadline.
+    // Skipped until the outbox (h19-broadcast) is on main: RevokeKey answers UNAVAILABLE in ~1.3 s (the publish
+    // timeout), and B and C accept the key until their cache TTL.
     it.skip(
       "P alone black-holed: RevokeKey answers instead of hanging, and no instance accepts the key after the bound",
       async () => {
@@ -174,8 +175,7 @@ export function partitionSuite(o: PartitionOptions): void {
       o.timeoutMs,
     );
 
-    // Skipped until lease-based membership (h19-broadcast) is on main: today every RevokeKey waits lease + margin for P.
-    it.skip(
+    it(
       "P black-holed while B and C revoke: they stop waiting for P once its lease ran out, and P accepts none of those keys",
       async () => {
         const keys = await cachedKeys(o.revocations);
