@@ -27,7 +27,7 @@ import { unavailable } from "../keys/errors.js";
 import type { LimitsRecord } from "../keys/records.js";
 import type { Logger } from "../logger.js";
 import type { CreditLedger, CreditUsage, LimitedKey, ManagedUsageLimiter, UsageOutcome, UsageVerdict } from "../keys/ports.js";
-import { type RedisClient, type RedisTarget, redisClient } from "../redis/connections.js";
+import { type RedisClient, type RedisTarget, connectRedis, redisClient } from "../redis/connections.js";
 import { DAY_MS, MINUTE_MS, MonthClock, usageOutcome } from "./windows.js";
 
 const CREDITS_PREFIX = "apikeys:v1:cr:{";
@@ -115,6 +115,7 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
   seeds = 0;
   flushes = 0;
   private readonly redis: RedisClient & ConsumeCommand;
+  private readonly target: RedisTarget;
   private readonly ledger: CreditLedger;
   private readonly flushIntervalMs: number;
   private readonly logger: Logger;
@@ -127,6 +128,7 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
   private flushing: Promise<void> | null = null;
 
   constructor(options: RedisUsageLimiterOptions) {
+    this.target = options.redis;
     this.ledger = options.ledger;
     this.flushIntervalMs = options.flushIntervalMs;
     this.logger = options.logger;
@@ -137,7 +139,7 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
   }
 
   async start(): Promise<void> {
-    await this.redis.connect();
+    await connectRedis(this.redis, this.target);
     // A tick while a slow flush is still running skips; the next one takes what accumulated.
     this.timer = setInterval(() => {
       if (this.flushing === null) void this.flush();

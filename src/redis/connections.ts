@@ -126,3 +126,24 @@ export function redisClient(target: RedisTarget, role: RedisRole, options: Redis
   };
   return new Cluster(target.nodes, clusterOptions);
 }
+
+/**
+ * connect(), failing with what went wrong: ioredis itself rejects with only "Connection is closed."
+ * after a refused password or a failed TLS handshake, and reports the cause as an error event.
+ */
+export async function connectRedis(client: RedisClient, target: RedisTarget): Promise<void> {
+  let cause: Error | null = null;
+  const onError = (err: Error) => {
+    cause ??= err;
+  };
+  client.on("error", onError);
+  client.on("node error", onError); // a cluster node's
+  try {
+    await client.connect();
+  } catch (err) {
+    throw new Error(`cannot reach ${describeRedisTarget(target)}: ${(cause ?? (err as Error)).message}`, { cause: err });
+  } finally {
+    client.off("error", onError);
+    client.off("node error", onError);
+  }
+}
