@@ -89,7 +89,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     ? null
     : new RedisBroadcast({
         // The broadcast's own client (publisher role: publishes fail at once while disconnected, never queue).
-        pubsub: new RedisPubSub(redisClient(config.redis, "publisher")),
+        pubsub: new RedisPubSub(redisClient(config.redis, "publisher", { logger })),
         cache,
         logger,
         peppers: config.previousPepper === null ? [config.pepper] : [config.pepper, config.previousPepper],

@@ -11,6 +11,7 @@
 // dropped; subscribe() opens a new one to the slot's current owner and
 // resolves only once the server confirmed every channel.
 import { Cluster, type Redis } from "ioredis";
+import { connectRedis } from "../redis/connections.js";
 import type { PubSub, PubSubHandlers } from "./pubsub.js";
 
 /** How long opening the subscriber connection may take. */
@@ -32,7 +33,7 @@ export class RedisPubSub implements PubSub {
   }
 
   async connect(): Promise<void> {
-    if (this.client.status === "wait") await this.client.connect();
+    if (this.client.status === "wait") await connectRedis(this.client);
   }
 
   get canSubscribe(): boolean {

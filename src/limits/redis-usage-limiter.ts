@@ -115,7 +115,6 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
   seeds = 0;
   flushes = 0;
   private readonly redis: RedisClient & ConsumeCommand;
-  private readonly target: RedisTarget;
   private readonly ledger: CreditLedger;
   private readonly flushIntervalMs: number;
   private readonly logger: Logger;
@@ -128,18 +127,16 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
   private flushing: Promise<void> | null = null;
 
   constructor(options: RedisUsageLimiterOptions) {
-    this.target = options.redis;
     this.ledger = options.ledger;
     this.flushIntervalMs = options.flushIntervalMs;
     this.logger = options.logger;
-    this.redis = redisClient(options.redis, "limiter", { commandTimeoutMs: options.commandTimeoutMs }) as RedisClient & ConsumeCommand;
+    this.redis = redisClient(options.redis, "limiter", { logger: options.logger, commandTimeoutMs: options.commandTimeoutMs }) as RedisClient & ConsumeCommand;
     // EVALSHA, falling back to EVAL when the server does not know the script (e.g. after a restart).
     this.redis.defineCommand("apikeysConsume", { numberOfKeys: 3, lua: CONSUME_LUA });
-    this.redis.on("error", (err: Error) => this.logger.debug({ err: err.message }, "redis usage-limiter connection error"));
   }
 
   async start(): Promise<void> {
-    await connectRedis(this.redis, this.target);
+    await connectRedis(this.redis);
     // A tick while a slow flush is still running skips; the next one takes what accumulated.
     this.timer = setInterval(() => {
       if (this.flushing === null) void this.flush();

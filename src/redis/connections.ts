@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import type { ConnectionOptions } from "node:tls";
 import { Cluster, type ClusterOptions, Redis, type RedisOptions } from "ioredis";
 import { ConfigError } from "../config-error.js";
+import type { Logger } from "../logger.js";
 
 export interface RedisNode {
   host: string;
@@ -31,15 +32,17 @@ export interface RedisTarget {
 
 /**
  * What a connection is for:
- * - publisher: broadcast commands (PUBLISH/SPUBLISH) that must fail at once while disconnected, never queue;
- * - subscriber: pub/sub (sharded on a cluster: one connection per master), resubscribing after a reconnect;
- * - limiter: the usage counters, on the hot path: fail fast, bounded command time, auto-pipelined.
+ * - publisher: the broadcast (PUBLISH/SPUBLISH; its subscriber connections are duplicates of this one,
+ *   see src/broadcast/redis-pubsub.ts): fails at once while disconnected, never queues a revoke;
+ * - limiter: the usage counters, on the hot path: fails fast, bounded command time, auto-pipelined.
  */
-export type RedisRole = "publisher" | "subscriber" | "limiter";
+export type RedisRole = "publisher" | "limiter";
 
 export type RedisClient = Redis | Cluster;
 
 export interface RedisClientOptions {
+  /** Connection errors (each reconnect attempt of an outage) go here, at debug level: health and metrics report outages. */
+  logger: Logger;
   /** limiter: how long one command may take before the verification fails (ms). */
   commandTimeoutMs?: number;
 }
@@ -77,7 +80,7 @@ function tlsOptions(target: RedisTarget): ConnectionOptions | undefined {
 }
 
 /** A new, unconnected client (lazyConnect: call connect()) for the role. */
-export function redisClient(target: RedisTarget, role: RedisRole, options: RedisClientOptions = {}): RedisClient {
+export function redisClient(target: RedisTarget, role: RedisRole, options: RedisClientOptions): RedisClient {
   const tls = tlsOptions(target);
   const commandTimeout = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
   const access = {
@@ -88,7 +91,6 @@ export function redisClient(target: RedisTarget, role: RedisRole, options: Redis
   };
   // Fail fast: while disconnected a command is rejected at once instead of queued (a revoke or
   // a verification must not hang), and on the hot path a stalled server fails the call after commandTimeout.
-  const failFast = role !== "subscriber";
   if (!target.cluster) {
     const node = target.nodes[0];
     const redisOptions: RedisOptions = {
@@ -98,12 +100,12 @@ export function redisClient(target: RedisTarget, role: RedisRole, options: Redis
       db: target.db,
       lazyConnect: true,
       retryStrategy: backoff,
-      ...(failFast && { enableOfflineQueue: false, maxRetriesPerRequest: 0 }),
-      ...(role === "subscriber" && { autoResubscribe: true }),
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
       // The verifications of one event-loop turn reach Redis in one write (one pipeline), in order.
       ...(role === "limiter" && { commandTimeout, enableAutoPipelining: true }),
     };
-    return new Redis(redisOptions);
+    return watched(new Redis(redisOptions), target, role, options.logger);
   }
   const clusterOptions: ClusterOptions = {
     lazyConnect: true,
@@ -112,26 +114,38 @@ export function redisClient(target: RedisTarget, role: RedisRole, options: Redis
     slotsRefreshTimeout: CONNECT_TIMEOUT_MS,
     redisOptions: {
       ...access,
-      ...(failFast && { maxRetriesPerRequest: 0 }),
+      maxRetriesPerRequest: 0,
       ...(role === "limiter" && { commandTimeout }),
     },
     // Keep the names the nodes announce: TLS checks the certificate against the name, not a resolved address.
     ...(tls !== undefined && { dnsLookup: (address: string, callback: (err: null, address: string) => void) => callback(null, address) }),
     // Fail fast here too: no waiting out a failover (CLUSTERDOWN, a closed connection) by retrying for up to
     // maxRedirections × 100 ms. The client learns the promoted replica from the next MOVED reply or slots refresh.
-    ...(failFast && { enableOfflineQueue: false, retryDelayOnClusterDown: 0, retryDelayOnFailover: 0 }),
-    // Sharded pub/sub (SSUBSCRIBE): one subscriber connection per master, each channel served by its slot's master.
-    ...(role === "subscriber" && { shardedSubscribers: true }),
+    enableOfflineQueue: false,
+    retryDelayOnClusterDown: 0,
+    retryDelayOnFailover: 0,
     ...(role === "limiter" && { enableAutoPipelining: true }),
   };
-  return new Cluster(target.nodes, clusterOptions);
+  return watched(new Cluster(target.nodes, clusterOptions), target, role, options.logger);
+}
+
+/** What each client made here reaches, for connectRedis's errors. */
+const descriptions = new WeakMap<RedisClient, string>();
+
+/** Remembers what the client reaches, and logs its errors (without a listener ioredis prints each one to stderr). */
+function watched<C extends RedisClient>(client: C, target: RedisTarget, role: RedisRole, logger: Logger): C {
+  descriptions.set(client, describeRedisTarget(target));
+  const log = (err: Error) => logger.debug({ err: err.message, role }, "redis connection error");
+  client.on("error", log);
+  client.on("node error", log); // a cluster node's
+  return client;
 }
 
 /**
  * connect(), failing with what went wrong: ioredis itself rejects with only "Connection is closed."
  * after a refused password or a failed TLS handshake, and reports the cause as an error event.
  */
-export async function connectRedis(client: RedisClient, target: RedisTarget): Promise<void> {
+export async function connectRedis(client: RedisClient): Promise<void> {
   let cause: Error | null = null;
   const onError = (err: Error) => {
     cause ??= err;
@@ -141,7 +155,7 @@ export async function connectRedis(client: RedisClient, target: RedisTarget): Pr
   try {
     await client.connect();
   } catch (err) {
-    throw new Error(`cannot reach ${describeRedisTarget(target)}: ${(cause ?? (err as Error)).message}`, { cause: err });
+    throw new Error(`cannot reach ${descriptions.get(client) ?? "redis"}: ${(cause ?? (err as Error)).message}`, { cause: err });
   } finally {
     client.off("error", onError);
     client.off("node error", onError);

@@ -7,6 +7,7 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Role, VerifyCode } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { CHANNELS } from "../../src/broadcast/redis-broadcast.js";
@@ -19,6 +20,7 @@ import { type TestServer, startServer } from "../helpers/server.js";
 
 const PASSWORD = "redis-acl-pass/w0rd@9"; // "/" and "@" need percent-encoding in the URL
 const owner = { userId: "u_owner", role: Role.OWNER };
+const silent = pino({ level: "silent" });
 
 /** The ```acl block of docs/redis.md, with the test's password. */
 function documentedAcl(): string {
@@ -44,9 +46,8 @@ describe("Redis over TLS, as the documented ACL user", () => {
   const url = (user: string, password: string) => `rediss://${user}:${encodeURIComponent(password)}@127.0.0.1:${port}`;
   const env = (over: Record<string, string> = {}) => ({ REDIS_URL: url("apikeys", PASSWORD), REDIS_TLS_CA_FILE: path("ca.pem"), ...over });
 
-  async function connect(user: string, password: string, role: "limiter" | "subscriber" = "limiter"): Promise<RedisClient> {
-    const client = redisClient(redisTarget(env({ REDIS_URL: url(user, password) })), role);
-    client.on("error", () => {});
+  async function connect(user: string, password: string): Promise<RedisClient> {
+    const client = redisClient(redisTarget(env({ REDIS_URL: url(user, password) })), "publisher", { logger: silent });
     clients.push(client);
     await client.connect();
     return client;
@@ -125,17 +126,18 @@ describe("Redis over TLS, as the documented ACL user", () => {
     await expect(apikeys.set("sessions:42", "x")).rejects.toThrow(/NOPERM/);
     await expect(apikeys.get("other:key")).rejects.toThrow(/NOPERM/);
     await expect(apikeys.publish("news", "x")).rejects.toThrow(/NOPERM/);
+    await expect(apikeys.subscribe("news")).rejects.toThrow(/NOPERM/);
     await expect(apikeys.call("FLUSHALL")).rejects.toThrow(/NOPERM/);
     await expect(apikeys.call("KEYS", "*")).rejects.toThrow(/NOPERM/);
   });
 
   it("refuses other users the service's channels: they cannot publish invalidations", async () => {
     const other = await connect("other", "other-password-1");
-    await expect(other.publish(CHANNELS.invalidate, "{}")).rejects.toThrow(/NOPERM/);
-    await expect(other.publish(CHANNELS.ping("i_anyone"), "0")).rejects.toThrow(/NOPERM/);
-    await expect(other.call("SPUBLISH", CHANNELS.invalidate, "{}")).rejects.toThrow(/NOPERM/);
-    const sub = await connect("other", "other-password-1", "subscriber");
-    await expect(sub.subscribe(CHANNELS.invalidate)).rejects.toThrow(/NOPERM/);
+    await expect(other.publish(CHANNELS.bus, "{}")).rejects.toThrow(/NOPERM/);
+    await expect(other.publish(CHANNELS.ack("i_anyone"), "0")).rejects.toThrow(/NOPERM/);
+    await expect(other.call("SPUBLISH", CHANNELS.bus, "{}")).rejects.toThrow(/NOPERM/);
+    const sub = await connect("other", "other-password-1");
+    await expect(sub.subscribe(CHANNELS.bus)).rejects.toThrow(/NOPERM/);
     expect(await other.set("sessions:42", "x")).toBe("OK"); // the user is real: its own keys work
   });
 

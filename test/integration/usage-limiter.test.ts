@@ -169,7 +169,7 @@ describe.each(topologies)("RedisUsageLimiter on %s: credit ledger", (_name, topo
 
   beforeAll(async () => {
     target = topology();
-    redis = redisClient(target, "limiter");
+    redis = redisClient(target, "limiter", { logger: silent });
     await redis.connect();
   });
   afterAll(() => {
