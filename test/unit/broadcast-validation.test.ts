@@ -5,9 +5,13 @@ import { describe, expect, it } from "vitest";
 import { CHANNEL_PREFIX, CHANNELS, MessageAuth, decodeAck, decodeBus, serviceChannels } from "../../src/broadcast/messages.js";
 import type { MonotonicClock } from "../../src/broadcast/pubsub.js";
 import { RedisBroadcast } from "../../src/broadcast/redis-broadcast.js";
-import { VerifyCache } from "../../src/keys/verify-cache.js";
+import { VerifyCache, buildEntry } from "../../src/keys/verify-cache.js";
 import { createLogger } from "../../src/logger.js";
 import { MemoryBroker } from "../helpers/memory-pubsub.js";
+import { keyRecord } from "../helpers/records.js";
+import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
+
+const verifyRecord = () => ({ key: keyRecord({ id: "key_1" }), secretExpireTime: null, memberRole: Role.OWNER, orgEnabled: true });
 
 const PEPPER = "unit-test-pepper-0123456789";
 
@@ -153,5 +157,20 @@ describe("broadcast message validation", () => {
     clock.jump(2);
     expect(a.cache.isTrusted()).toBe(false);
     expect(a.broadcast.stats.rejected).toBe(0);
+  });
+
+  it("a load that started before the subscription was confirmed again does not populate the cache", async () => {
+    const { clock, all } = await instances(1);
+    const [a] = all;
+    const pubsub = (a.broadcast as unknown as { pubsub: import("../helpers/memory-pubsub.js").MemoryPubSub }).pubsub;
+    pubsub.cut(); // the server dropped the subscription; what is published now is missed
+    await settle();
+    expect(a.cache.isTrusted()).toBe(false);
+    const generation = a.cache.generation; // a load from the database starts (it may read pre-change state)
+    clock.advance(a.broadcast.pingIntervalMs); // subscribed again, and a fresh ping made the round trip
+    await settle();
+    expect(a.cache.isTrusted()).toBe(true);
+    a.cache.set("h1", buildEntry(verifyRecord(), 0), generation, 0);
+    expect(a.cache.get("h1", 0)).toBeUndefined();
   });
 });
