@@ -7,7 +7,7 @@
 //   npm run bench                  the full suite (datasets up to 1M keys, 10 s per run)
 //   npm run bench -- --quick       10k keys at most, 3 s per run
 //   npm run bench -- --smoke       seconds in all: what `npm test` runs so the bench cannot rot
-//   --only cached,negative         scenarios: cached, workers, limits, cold, negative, create, revoke, memory
+//   --only cached,negative         scenarios (bench/scenarios/index.ts): cached, workers, limits, cold, negative, create, revoke, memory
 //   --tool node                    load from the Node load generator even where h2load is installed
 //   --profile                      also profile the service under the cached load (node --cpu-prof)
 //   --out DIR                      where results go (default bench/results)
@@ -24,8 +24,7 @@ import { buildBench } from "./children.js";
 import { ensureH2load } from "./h2load.js";
 import type { Tool } from "./load.js";
 import { type Results, type Row, describeMachine, fileStem, machine, renderTable, writeResults } from "./report.js";
-import * as scenarios from "./scenarios.js";
-import type { Bench, MainService, Settings } from "./scenarios.js";
+import { type Bench, type MainService, SCENARIOS, type ScenarioName, type Settings, baseline, profileCached, startMainService } from "./scenarios/index.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -35,9 +34,7 @@ const MODES: Record<"full" | "quick" | "smoke", Settings> = {
   smoke: { durationS: 0.5, warmupS: 0, coldSizes: [1000], coldSample: 1000, memoryKeys: 1000, revocations: 20, revokeWarmup: 20, soakS: 0 },
 };
 
-/** In the order they run, which is the issue's numbering. */
-const SCENARIOS = ["cached", "workers", "limits", "cold", "negative", "create", "revoke", "memory"] as const;
-type Scenario = (typeof SCENARIOS)[number];
+const NAMES = Object.keys(SCENARIOS) as ScenarioName[];
 
 function parseOptions() {
   const { values } = parseArgs({
@@ -52,11 +49,11 @@ function parseOptions() {
     },
   });
   const mode: keyof typeof MODES = values.smoke ? "smoke" : values.quick ? "quick" : "full";
-  const only = values.only?.split(",").map((s) => s.trim()) ?? [...SCENARIOS];
-  const unknown = only.filter((s) => !SCENARIOS.includes(s as Scenario));
-  if (unknown.length > 0) throw new Error(`unknown scenario ${unknown.join(", ")} (known: ${SCENARIOS.join(", ")})`);
+  const only = values.only?.split(",").map((s) => s.trim()) ?? NAMES;
+  const unknown = only.filter((s) => !Object.hasOwn(SCENARIOS, s));
+  if (unknown.length > 0) throw new Error(`unknown scenario ${unknown.join(", ")} (known: ${NAMES.join(", ")})`);
   if (values.tool !== undefined && values.tool !== "h2load" && values.tool !== "node") throw new Error("--tool is h2load or node");
-  return { mode, only: new Set(only as Scenario[]), tool: values.tool as Tool | undefined, profile: values.profile, out: values.out, mysql: values.mysql };
+  return { mode, only: new Set(only as ScenarioName[]), tool: values.tool as Tool | undefined, profile: values.profile, out: values.out, mysql: values.mysql };
 }
 
 /** h2load where it is (or can be) installed; a smoke run installs nothing. */
@@ -119,24 +116,14 @@ async function main(): Promise<number> {
   let profile: string[] | undefined;
   let service: MainService | null = null;
   try {
-    service = await scenarios.startMainService(b);
+    service = await startMainService(b);
     log("no-op baseline…");
-    await scenarios.baseline(b, service);
-    const run: Record<Scenario, (m: MainService) => Promise<void>> = {
-      cached: (m) => scenarios.cached(b, m),
-      workers: (m) => scenarios.workers(b, m),
-      limits: (m) => scenarios.limits(b, m),
-      negative: (m) => scenarios.negative(b, m),
-      create: (m) => scenarios.createKeys(b, m),
-      cold: () => scenarios.cold(b),
-      revoke: () => scenarios.revoke(b),
-      memory: () => scenarios.memory(b),
-    };
-    for (const name of SCENARIOS) {
+    await baseline(b, service);
+    for (const name of NAMES) {
       if (!options.only.has(name)) continue;
       log(`${name}…`);
       try {
-        await run[name](service);
+        await SCENARIOS[name](b, service);
       } catch (err) {
         errors++;
         b.row({ scenario: name, target: "—", verdict: "ERROR", notes: err instanceof Error ? err.message : String(err) });
@@ -145,7 +132,7 @@ async function main(): Promise<number> {
     if (options.profile) {
       log("profiling the cached scenario…");
       await mkdir(options.out, { recursive: true });
-      profile = await scenarios.profileCached(b, service, join(options.out, `${fileStem(date)}.cpuprofile`), ROOT);
+      profile = await profileCached(b, service, join(options.out, `${fileStem(date)}.cpuprofile`), ROOT);
     }
   } finally {
     await service?.child.stop();
