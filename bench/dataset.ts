@@ -180,12 +180,12 @@ async function pickSecrets(pool: Pool, size: number, count: number): Promise<str
   return secrets;
 }
 
-/** InnoDB buffer pool the key tables need, per million keys (README, Sizing: about 0.6 GB; rounded up). */
+/** InnoDB buffer pool the key tables need, per million keys (docs/operating.md, Sizing: about 0.6 GB; rounded up). */
 const BUFFER_POOL_PER_MILLION = 768 * 1024 * 1024;
 
 /**
  * Gives the server a buffer pool that holds the key tables of `keys` keys, as
- * the README's Sizing section tells operators to: the cold scenario measures
+ * the Sizing section of docs/operating.md tells operators to: the cold scenario measures
  * the service's lookups, not a database too small for its data. Returns how to
  * put the previous size back, or null when it was already large enough.
  * MariaDB and MySQL resize the pool online (SET GLOBAL); the change is
@@ -203,7 +203,7 @@ export async function ensureBufferPool(
   try {
     const previousBytes = await poolSize(conn);
     if (previousBytes >= wanted) return null;
-    log(`raising innodb_buffer_pool_size from ${previousBytes >> 20} MB to ${wanted >> 20} MB for the cold scenario (README: Sizing)…`);
+    log(`raising innodb_buffer_pool_size from ${previousBytes >> 20} MB to ${wanted >> 20} MB for the cold scenario (docs/operating.md: Sizing)…`);
     await resizePool(conn, wanted);
     return {
       previousBytes,

@@ -2,7 +2,7 @@
 // sharing the gRPC and HTTP ports; connections are dealt to them in turn. Each
 // worker is a whole instance — its own cache, Redis lease and broadcast id —
 // so a revocation reaches the others exactly as it reaches other hosts, and
-// the guarantee (README: Revocation) holds per worker.
+// the guarantee (docs/revocation.md) holds per worker.
 //
 // The supervisor serves nothing itself. It restarts a worker that dies after
 // it was serving; a worker that dies before it could serve (bad

@@ -21,7 +21,7 @@ import {
 export async function cold(b: Bench): Promise<void> {
   const pool = await ensureBufferPool(b.mysqlServerUrl, Math.max(...b.settings.coldSizes), b.log);
   try {
-    await coldRuns(b, pool === null ? "" : `; InnoDB buffer pool ${pool.bytes >> 20} MB for this run (was ${pool.previousBytes >> 20} MB; README: Sizing)`);
+    await coldRuns(b, pool === null ? "" : `; InnoDB buffer pool ${pool.bytes >> 20} MB for this run (was ${pool.previousBytes >> 20} MB; docs/operating.md: Sizing)`);
   } finally {
     await pool?.restore();
   }

@@ -3,7 +3,7 @@
 // Every string, list and map has a maximum here (and the whole message has
 // MAX_MESSAGE_BYTES at the transport); every number a range; enums only
 // their known values. These rules stay in code rather than as protovalidate
-// annotations in the proto: see "Input limits" in the README.
+// annotations in the proto: see "Input limits" in docs/security.md.
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { type Actor, type Limits, Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { invalidArgument } from "./errors.js";

@@ -156,7 +156,7 @@ describe("usage limits across instances (MariaDB + Redis)", () => {
     } finally {
       await conn.end();
     }
-    // Consumed after the last flush: this is what a Redis data loss can cost (see the README).
+    // Consumed after the last flush: this is what a Redis data loss can cost (see docs/usage-limits.md).
     expect((await a.grpc.call("verifyKey", { key: limited.secret, cost: 5 })).remainingCredits).toBe(65n);
     expect((await a.grpc.call("verifyKey", { key: unlimited.secret })).valid).toBe(true);
     const probe = new Redis(redis.url);

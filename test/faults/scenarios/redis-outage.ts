@@ -1,5 +1,5 @@
 // Redis killed (kill -9) and restarted under verification load, with several
-// instances sharing one database and one Redis. What the README promises:
+// instances sharing one database and one Redis. What docs/reliability.md promises:
 // - verification keeps answering, from MySQL, while Redis is down;
 // - no revoked key is accepted at any moment (a checker verifies every revoked
 //   key on every instance the whole time); a revocation that cannot be
