@@ -126,7 +126,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // Answered verifications, from callers and from Envoy, are the hot path: logged at debug only (see rpc-log.ts).
   const rpcLog = new RpcLog(
     logger,
-    new Set([ApiKeyService.method.verifyKey, Authorization.method.check].map((m) => `/${m.parent.typeName}/${m.name}`)),
+    new Set([ApiKeyService.method.verifyKey, ApiKeyService.method.verifyKeyStream, Authorization.method.check].map((m) => `/${m.parent.typeName}/${m.name}`)),
   );
   const observer = callObserver(metrics, rpcLog);
   // What the gRPC port serves (ext_authz is there only), for health checking and reflection.

@@ -5,13 +5,27 @@
 // checked against the caller's organizations here, once for both ports.
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import { ApiKeyService, OrganizationService as OrganizationServiceDesc } from "../../gen/apikeys/v1/apikeys_pb.js";
+import { create } from "@bufbuild/protobuf";
+import {
+  ApiKeyService,
+  OrganizationService as OrganizationServiceDesc,
+  type VerifyKeyRequest,
+  VerifyKeyRequestSchema,
+  type VerifyKeyResponse,
+  type VerifyKeyStreamResponse,
+} from "../../gen/apikeys/v1/apikeys_pb.js";
 import { type CallContext, requireOrganization } from "../keys/call-context.js";
 import type { KeyService } from "../keys/key-service.js";
 import type { OrganizationService } from "../keys/organization-service.js";
 import type { Verifier } from "../keys/verifier.js";
 import type { Access } from "./auth.js";
 
+/**
+ * A unary method's handler, and also a bidirectional streaming method's where
+ * each request gets one answer (VerifyKeyStream): called once per streamed
+ * request; the transport does the stream (back-pressure, correlation of
+ * failures, cancellation). See grpc-server.ts and http-server.ts.
+ */
 export type Handler<I extends DescMessage, O extends DescMessage> = (
   req: MessageShape<I>,
   call: CallContext,
@@ -65,7 +79,18 @@ function inOrganization<R extends { organizationId: string }, O>(handler: (req: 
   };
 }
 
+/** A streamed request without its VerifyKeyRequest: refused by the verifier as an empty key. */
+const NO_REQUEST: VerifyKeyRequest = Object.freeze(create(VerifyKeyRequestSchema));
+
+/** VerifyKey's answer as a VerifyKeyStream answer (a plain message: no copy, no per-field work). */
+function streamed(correlationId: number, response: VerifyKeyResponse): VerifyKeyStreamResponse {
+  return { $typeName: "apikeys.v1.VerifyKeyStreamResponse", correlationId, result: { case: "response", value: response } };
+}
+
 export function apiKeyBinding(keys: KeyService, verifier: Verifier): ServiceBinding<(typeof ApiKeyService)["method"]> {
+  // A caller limited to some organizations is told NOT_FOUND for another's key (see Verifier.verify).
+  const verifyKey: Handler<typeof VerifyKeyRequestSchema, typeof ApiKeyService.method.verifyKey.output> = (req, call) =>
+    verifier.verify(req, call.organizations);
   return {
     service: ApiKeyService,
     handlers: {
@@ -76,10 +101,15 @@ export function apiKeyBinding(keys: KeyService, verifier: Verifier): ServiceBind
       rotateKey: inOrganization((req, call) => keys.rotateKey(req, call)),
       revokeKey: inOrganization((req, call) => keys.revokeKey(req, call)),
       revokeKeys: inOrganization((req, call) => keys.revokeKeys(req, call)),
-      // A caller limited to some organizations is told NOT_FOUND for another's key (see Verifier.verify).
-      verifyKey: (req, call) => verifier.verify(req, call.organizations),
+      verifyKey,
+      // Each streamed verification is exactly a VerifyKey call: same handler, same caller context.
+      verifyKeyStream: (req, call) => {
+        const id = req.correlationId;
+        const answer = verifyKey(req.request ?? NO_REQUEST, call);
+        return answer instanceof Promise ? answer.then((a) => streamed(id, a)) : streamed(id, answer);
+      },
     },
-    access: (method) => (method === "verifyKey" ? "verify" : "manage"),
+    access: (method) => (method === "verifyKey" || method === "verifyKeyStream" ? "verify" : "manage"),
   };
 }
 

@@ -6,7 +6,7 @@ import { anyPack } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { Metadata, type ServiceError, status as grpcStatus } from "@grpc/grpc-js";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
-import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
+import { type Status as StatusMessage, StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { ApiError, ERROR_DOMAIN, Status } from "../keys/errors.js";
 
 export type InternalErrorSink = (err: unknown, method: string) => void;
@@ -25,6 +25,12 @@ export function toConnectError(err: unknown, method: string, onInternal: Interna
   if (err instanceof ConnectError) return err;
   const e = asApiError(err, method, onInternal);
   return new ConnectError(e.message, e.code as number as Code, undefined, [{ desc: ErrorInfoSchema, value: errorInfo(e) }]);
+}
+
+/** The error as a google.rpc.Status message, e.g. for one failed answer on a stream. */
+export function toStatusMessage(err: unknown, method: string, onInternal: InternalErrorSink): StatusMessage {
+  const e = asApiError(err, method, onInternal);
+  return create(StatusSchema, { code: e.code, message: e.message, details: [anyPack(ErrorInfoSchema, errorInfo(e))] });
 }
 
 export function toGrpcError(err: unknown, method: string, onInternal: InternalErrorSink): Partial<ServiceError> {

@@ -3,11 +3,12 @@
 // RPC to the proto and a handler to a binding is all it takes.
 import { type DescMessage, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
+import { type VerifyKeyStreamResponse, VerifyKeyStreamResponseSchema } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { ApiError, Status, invalidArgument } from "../keys/errors.js";
 import { encodingOf } from "../keys/answer.js";
 import type { CallerAuth } from "./auth.js";
 import type { CallObserver, ServiceBinding } from "./bindings.js";
-import { type InternalErrorSink, toGrpcError } from "./errors.js";
+import { type InternalErrorSink, toGrpcError, toStatusMessage } from "./errors.js";
 import { peerIdentities } from "./tls.js";
 
 /** Marks a request that could not be decoded, so the handler can answer INVALID_ARGUMENT. */
@@ -39,6 +40,58 @@ function encoder(schema: DescMessage) {
     }
     return bytes;
   };
+}
+
+function varintLength(n: number): number {
+  let length = 1;
+  while (n >= 0x80) {
+    n >>>= 7;
+    length++;
+  }
+  return length;
+}
+
+function writeVarint(out: Buffer, at: number, n: number): number {
+  while (n >= 0x80) {
+    out[at++] = (n & 0x7f) | 0x80;
+    n >>>= 7;
+  }
+  out[at++] = n;
+  return at;
+}
+
+/**
+ * A VerifyKeyStream answer: its correlation id and VerifyKey's answer bytes as
+ * they are (a cached key's, see ENCODING), framed by hand: field 1 (varint,
+ * omitted when 0, as protobuf does) and field 2 (length-delimited). The same
+ * bytes toBinary gives, without encoding the answer again per message.
+ */
+function streamAnswerEncoder(answerEncoder: (message: unknown) => Buffer, schema: DescMessage) {
+  return (message: unknown): Buffer => {
+    const m = message as VerifyKeyStreamResponse;
+    if (m.result.case !== "response") return toBuffer(toBinary(schema, m as never));
+    const body = answerEncoder(m.result.value);
+    const id = m.correlationId >>> 0;
+    const idBytes = id === 0 ? 0 : 1 + varintLength(id);
+    const out = Buffer.allocUnsafe(idBytes + 1 + varintLength(body.length) + body.length);
+    let at = 0;
+    if (id !== 0) {
+      out[at++] = 0x08;
+      at = writeVarint(out, at, id);
+    }
+    out[at++] = 0x12;
+    at = writeVarint(out, at, body.length);
+    body.copy(out, at);
+    return out;
+  };
+}
+
+function responseEncoder(schema: DescMessage): (message: unknown) => Buffer {
+  if (schema.typeName === VerifyKeyStreamResponseSchema.typeName) {
+    const answer = VerifyKeyStreamResponseSchema.field.response.message!;
+    return streamAnswerEncoder(encoder(answer), schema);
+  }
+  return encoder(schema);
 }
 
 function decoder(schema: DescMessage, maxBytes: number) {
@@ -88,12 +141,12 @@ export function serviceDefinition(service: DescService, maxMessageBytes = Number
   for (const method of service.methods) {
     definition[method.localName] = {
       path: `/${service.typeName}/${method.name}`,
-      requestStream: false,
-      responseStream: false,
+      requestStream: method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming",
+      responseStream: method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming",
       originalName: method.localName,
       requestSerialize: encoder(method.input),
       requestDeserialize: decoder(method.input, maxMessageBytes),
-      responseSerialize: encoder(method.output),
+      responseSerialize: responseEncoder(method.output),
       responseDeserialize: (b: Buffer) => fromBinary(method.output, b),
     };
   }
@@ -113,6 +166,10 @@ export function addBinding(
     const path = definition[method.localName].path;
     const handler = binding.handlers[method.localName] as (req: unknown, call: unknown) => unknown;
     const access = binding.access(method.localName);
+    if (method.methodKind === "bidi_streaming") {
+      implementation[method.localName] = answeringStream(binding, path, handler, access, auth, onInternal, observer);
+      continue;
+    }
     implementation[method.localName] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
       const startedAt = performance.now();
       let callerName = "";
@@ -161,6 +218,122 @@ function unreadable(binding: ServiceBinding, request: typeof UNDECODABLE | typeo
     throw new ApiError(Status.RESOURCE_EXHAUSTED, "MESSAGE_TOO_LARGE", "the request is larger than the server accepts (MAX_MESSAGE_BYTES)");
   }
   throw invalidArgument("request", "is not a valid protobuf message");
+}
+
+/**
+ * Requests of one stream read but not yet answered, at most. Past it the
+ * stream stops reading until answers go out; so does an answer the client is
+ * not reading (grpc-js's write buffer full). Unread requests then stay in
+ * HTTP/2's flow-control window, on the client's side: a reader that stops
+ * reading stops its own writes, never grows this process's memory.
+ */
+export const STREAM_MAX_IN_FLIGHT = 256;
+
+/**
+ * A bidirectional stream where each request gets one answer from `handler`,
+ * in the order answers are ready (VerifyKeyStream). The caller is authorized
+ * once, when the stream opens, with the unary method's access; a request the
+ * handler refuses gets an answer carrying the error (google.rpc.Status) and
+ * the stream goes on. The stream ends when the client half-closes and every
+ * answer is out, with the client's cancellation, or at its deadline (grpc-js
+ * ends it with DEADLINE_EXCEEDED); answers to requests still in flight then are dropped.
+ */
+function answeringStream(
+  binding: ServiceBinding,
+  path: string,
+  handler: (req: unknown, call: unknown) => unknown,
+  access: ReturnType<ServiceBinding["access"]>,
+  auth: CallerAuth,
+  onInternal: InternalErrorSink,
+  observer: CallObserver,
+) {
+  return (call: grpc.ServerDuplexStream<unknown, unknown>) => {
+    const startedAt = performance.now();
+    let callerName = "";
+    let context: unknown;
+    try {
+      const header = call.metadata.get("authorization");
+      const caller = auth.authorize(header.length > 0 ? String(header[0]) : undefined, access, () => peerIdentities(call));
+      callerName = caller.name;
+      context = caller.context;
+    } catch (err) {
+      const status = toGrpcError(err, path, onInternal);
+      observer.finished(path, status.code as number, startedAt, callerName, "grpc", call.metadata);
+      call.emit("error", status);
+      return;
+    }
+    let inFlight = 0;
+    let blocked = false; // the client is not reading our answers fast enough
+    let halfClosed = false;
+    let over = false; // cancelled, past its deadline, or failed
+
+    const resumeIfRoom = () => {
+      if (!blocked && inFlight < STREAM_MAX_IN_FLIGHT && call.isPaused()) call.resume();
+    };
+    const send = (answer: unknown, code: number, at: number) => {
+      inFlight--;
+      if (over) return;
+      observer.finished(path, code, at, callerName, "grpc", call.metadata);
+      if (!call.write(answer)) {
+        blocked = true;
+        call.pause();
+      }
+      if (halfClosed && inFlight === 0) call.end();
+      else resumeIfRoom();
+    };
+    const failed = (id: number, err: unknown, at: number) => {
+      const status = toStatusMessage(err, path, onInternal);
+      send(errorAnswer(id, status), status.code, at);
+    };
+
+    call.on("data", (req: unknown) => {
+      if (over) return;
+      if (req === UNDECODABLE || req === TOO_LARGE) {
+        // Not a request whose id could be echoed: the stream ends with the error.
+        over = true;
+        let why: unknown;
+        try {
+          unreadable({ ...binding, unreadable: undefined }, req);
+        } catch (err) {
+          why = err;
+        }
+        const status = toGrpcError(why, path, onInternal);
+        observer.finished(path, status.code as number, performance.now(), callerName, "grpc", call.metadata);
+        call.emit("error", status);
+        return;
+      }
+      const at = performance.now();
+      const id = (req as { correlationId: number }).correlationId;
+      if (++inFlight >= STREAM_MAX_IN_FLIGHT) call.pause();
+      let answer: unknown;
+      try {
+        answer = handler(req, context);
+      } catch (err) {
+        failed(id, err, at);
+        return;
+      }
+      if (answer instanceof Promise) answer.then((a) => send(a, 0, at), (err: unknown) => failed(id, err, at));
+      else send(answer, 0, at);
+    });
+    call.on("drain", () => {
+      blocked = false;
+      resumeIfRoom();
+    });
+    call.on("end", () => {
+      halfClosed = true;
+      if (inFlight === 0 && !over) call.end();
+    });
+    call.on("cancelled", () => {
+      over = true;
+    });
+    call.on("error", () => {
+      over = true;
+    });
+  };
+}
+
+function errorAnswer(correlationId: number, error: ReturnType<typeof toStatusMessage>): VerifyKeyStreamResponse {
+  return { $typeName: "apikeys.v1.VerifyKeyStreamResponse", correlationId, result: { case: "error", value: error } };
 }
 
 function notStarted(code: typeof Status.CANCELLED | typeof Status.DEADLINE_EXCEEDED, why: string): ApiError {

@@ -5,7 +5,7 @@ import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { CallerAuth } from "./auth.js";
 import type { CallObserver, ServiceBinding } from "./bindings.js";
-import { type InternalErrorSink, toConnectError } from "./errors.js";
+import { type InternalErrorSink, toConnectError, toStatusMessage } from "./errors.js";
 
 /** A plain HTTP endpoint: answers and returns true, or returns false to pass. */
 export type HttpEndpoint = (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
@@ -22,12 +22,17 @@ export interface HttpServerOptions {
 function routes(bindings: ServiceBinding[], auth: CallerAuth, onInternal: InternalErrorSink, observer: CallObserver) {
   return (router: ConnectRouter) => {
     for (const binding of bindings) {
-      const impl: Record<string, (req: unknown, ctx: HandlerContext) => Promise<unknown>> = {};
+      const impl: Record<string, (req: never, ctx: HandlerContext) => unknown> = {};
       for (const method of binding.service.methods) {
         const handler = binding.handlers[method.localName] as (req: unknown, call: unknown) => unknown;
         const access = binding.access(method.localName);
         const path = `/${binding.service.typeName}/${method.name}`;
-        impl[method.localName] = async (req, ctx) => {
+        if (method.methodKind === "bidi_streaming") {
+          impl[method.localName] = (reqs: AsyncIterable<unknown>, ctx: HandlerContext) =>
+            answeringStream(path, handler, reqs, ctx, access, auth, onInternal, observer);
+          continue;
+        }
+        impl[method.localName] = async (req: unknown, ctx: HandlerContext) => {
           const startedAt = performance.now();
           let callerName = "";
           try {
@@ -46,6 +51,45 @@ function routes(bindings: ServiceBinding[], auth: CallerAuth, onInternal: Intern
       router.service(binding.service, impl as never);
     }
   };
+}
+
+/**
+ * VerifyKeyStream on the HTTP port (Connect and gRPC-Web need HTTP/2 for a
+ * full-duplex stream; over HTTP/1.1 Connect carries it half-duplex): one answer
+ * per request, in order. The gRPC port's stream (grpc-server.ts) is the one
+ * built for throughput; this one keeps the API the same on both ports.
+ */
+async function* answeringStream(
+  path: string,
+  handler: (req: unknown, call: unknown) => unknown,
+  reqs: AsyncIterable<unknown>,
+  ctx: HandlerContext,
+  access: ReturnType<ServiceBinding["access"]>,
+  auth: CallerAuth,
+  onInternal: InternalErrorSink,
+  observer: CallObserver,
+): AsyncGenerator<unknown> {
+  let caller;
+  try {
+    caller = auth.authorize(ctx.requestHeader.get("authorization") ?? undefined, access);
+  } catch (err) {
+    const error = toConnectError(err, path, onInternal);
+    observer.finished(path, error.code, performance.now(), "", "connect", ctx.requestHeader);
+    throw error;
+  }
+  for await (const req of reqs) {
+    const startedAt = performance.now();
+    const id = (req as { correlationId: number }).correlationId;
+    try {
+      const answer = await handler(req, caller.context);
+      observer.finished(path, 0, startedAt, caller.name, "connect", ctx.requestHeader);
+      yield answer;
+    } catch (err) {
+      const status = toStatusMessage(err, path, onInternal);
+      observer.finished(path, status.code, startedAt, caller.name, "connect", ctx.requestHeader);
+      yield { $typeName: "apikeys.v1.VerifyKeyStreamResponse", correlationId: id, result: { case: "error", value: status } };
+    }
+  }
 }
 
 export function createHttpServer(options: HttpServerOptions): http.Server {

@@ -72,7 +72,7 @@ export function certificateIdentities(cert: PeerCertificate): string[] {
 }
 
 /** The identities of a gRPC call's client certificate; grpc-js exposes only certificates the handshake verified. */
-export function peerIdentities(call: grpc.ServerUnaryCall<unknown, unknown>): string[] {
+export function peerIdentities(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, "getAuthContext">): string[] {
   const cert = call.getAuthContext().sslPeerCertificate;
   return cert ? certificateIdentities(cert) : [];
 }
