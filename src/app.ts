@@ -71,8 +71,14 @@ export interface App {
 
 export async function openStore(config: Config): Promise<Store> {
   if (config.dev) return new MemoryStore();
-  const store = await MySqlStore.open(config.mysqlUrl);
-  await store.migrate();
+  const store = await MySqlStore.open(config.mysqlUrl, { pipelining: config.mysqlPipelining });
+  try {
+    if (config.migrateOnStart) await store.migrate();
+    else await store.checkSchema();
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
   return store;
 }
 

@@ -15,6 +15,10 @@ export interface Config {
   grpcPort: number;
   httpPort: number;
   mysqlUrl: string;
+  /** Apply pending migrations at start (needs DDL rights); false: refuse to start while any are pending (src/store/migrate.ts). */
+  migrateOnStart: boolean;
+  /** Send a transaction's statements as multi-statement batches; false for vtgate (src/store/mysql-pool.ts, docs/vitess.md). */
+  mysqlPipelining: boolean;
   /** Redis for the broadcast and the usage limits: REDIS_URL, or REDIS_CLUSTER_NODES when set (see src/redis/connections.ts). */
   redis: RedisTarget;
   pepper: string;
@@ -67,9 +71,15 @@ function workerCount(env: Env): number {
   }
 }
 
-function bool(env: Env, name: string): boolean {
+/** MYSQL_URL: all `npm run migrate` needs (no pepper, no callers). */
+export function mysqlUrl(env: Env): string {
+  return env.MYSQL_URL || "mysql://root@127.0.0.1:3306/apikeys";
+}
+
+function bool(env: Env, name: string, fallback = false): boolean {
   const raw = (env[name] ?? "").toLowerCase();
-  if (raw === "" || raw === "false" || raw === "0") return false;
+  if (raw === "") return fallback;
+  if (raw === "false" || raw === "0") return false;
   if (raw === "true" || raw === "1") return true;
   throw new ConfigError(`${name} must be true or false, got "${env[name]}"`);
 }
@@ -332,7 +342,9 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     host: env.HOST || "127.0.0.1",
     grpcPort: int(env, "GRPC_PORT", 50051, 0, 65535),
     httpPort: int(env, "HTTP_PORT", 8080, 0, 65535),
-    mysqlUrl: env.MYSQL_URL || "mysql://root@127.0.0.1:3306/apikeys",
+    mysqlUrl: mysqlUrl(env),
+    migrateOnStart: bool(env, "MIGRATE_ON_START", true),
+    mysqlPipelining: bool(env, "MYSQL_PIPELINING", true),
     redis: redisTarget(env),
     pepper,
     previousPepper,

@@ -1,11 +1,36 @@
-// Entry point: `npm run dev` (--dev), `npm start`, `npm run migrate` (--migrate).
+// Entry point: `npm run dev` (--dev), `npm start`, `npm run migrate` (--migrate;
+// with --check: exit 0 when the schema is up to date, 3 when migrations are
+// pending; with --print: the pending migrations' SQL, applied by nobody).
 import { create } from "@bufbuild/protobuf";
-import { type App, buildApp, openStore } from "./app.js";
+import { type App, buildApp } from "./app.js";
 import { ConfigError } from "./config-error.js";
-import { loadConfig } from "./config.js";
+import { loadConfig, mysqlUrl } from "./config.js";
 import { createLogger } from "./logger.js";
 import { isWorker, supervise, workerServing } from "./workers.js";
 import { CreateKeyRequestSchema, Role } from "../gen/apikeys/v1/apikeys_pb.js";
+import { SchemaBehindError, migrationSql, migrationStatus, runMigrations } from "./store/migrate.js";
+import { CONNECT_TIMEOUT_MS } from "./store/mysql-pool.js";
+
+/** `npm run migrate -- --check`'s exit code when migrations are pending. */
+const EXIT_MIGRATIONS_PENDING = 3;
+
+async function migrate(url: string, args: Set<string>): Promise<void> {
+  if (args.has("--check") || args.has("--print")) {
+    const { applied, pending } = await migrationStatus(url, CONNECT_TIMEOUT_MS);
+    if (args.has("--print")) {
+      for (const file of pending) {
+        process.stdout.write(`-- ${file}\n${await migrationSql(file)}\n`);
+        process.stdout.write(`INSERT INTO schema_migrations (version, apply_time) VALUES ('${file}', UTC_TIMESTAMP(3));\n\n`);
+      }
+      return;
+    }
+    process.stdout.write(`${applied.length} migration(s) applied; ${pending.length === 0 ? "none pending" : `pending: ${pending.join(", ")}`}\n`);
+    process.exitCode = pending.length === 0 ? 0 : EXIT_MIGRATIONS_PENDING;
+    return;
+  }
+  const applied = await runMigrations(url, CONNECT_TIMEOUT_MS);
+  process.stdout.write(applied.length === 0 ? "no migrations pending\n" : `migrations applied: ${applied.join(", ")}\n`);
+}
 
 /** After the grace period, how long the last writes (last-used, credits) and closing pools may take. */
 const SHUTDOWN_FLUSH_MS = 5000;
@@ -43,13 +68,8 @@ async function printDemo(app: App, httpPort: number, grpcPort: number): Promise<
 
 async function main(): Promise<void> {
   const args = new Set(process.argv.slice(2));
+  if (args.has("--migrate")) return migrate(mysqlUrl(process.env), args);
   const config = loadConfig(process.env, { dev: args.has("--dev") });
-  if (args.has("--migrate")) {
-    const store = await openStore(config);
-    await store.close();
-    process.stdout.write("migrations applied\n");
-    return;
-  }
   if (config.workers > 1 && !isWorker()) {
     supervise(config.workers, createLogger(config.logLevel), config.shutdownGraceMs + SHUTDOWN_FLUSH_MS);
     return;
@@ -91,6 +111,10 @@ main().catch((err) => {
   if (err instanceof ConfigError) {
     process.stderr.write(`apikeys: configuration error: ${err.message}\n`);
     process.exit(2);
+  }
+  if (err instanceof SchemaBehindError) {
+    process.stderr.write(`apikeys: refusing to start: ${err.message}\n`);
+    process.exit(EXIT_MIGRATIONS_PENDING);
   }
   process.stderr.write(`apikeys: failed to start: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exit(1);

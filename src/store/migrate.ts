@@ -1,6 +1,10 @@
 // Schema migrations: the numbered .sql files in src/store/migrations, applied
-// in order at start-up and recorded in schema_migrations. Several instances may
-// start at once, so the whole run holds a named server lock.
+// in order and recorded in schema_migrations, at start-up (MIGRATE_ON_START,
+// the default) or by an operator (`npm run migrate`; `-- --check` says whether
+// any are pending). Several instances may start at once, so the whole run
+// holds a named server lock. A service started with MIGRATE_ON_START=false
+// only reads schema_migrations (pendingMigrations) and refuses to start on a
+// schema that is behind. On Vitess, apply them with online DDL (docs/vitess.md).
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFile, readdir } from "node:fs/promises";
@@ -45,15 +49,11 @@ export function unsupportedServer(logBin: boolean, binlogFormat: string): string
  */
 export async function runMigrations(url: string, connectTimeout: number): Promise<string[]> {
   const server = new URL(url);
-  const database = decodeURIComponent(server.pathname.replace(/^\/+/, ""));
-  if (database === "") throw new Error("the MySQL URL names no database (mysql://user@host:port/<database>)");
+  const database = databaseOf(url);
   server.pathname = "";
 
   const directory = migrationsDirectory();
-  const files = (await readdir(directory)).filter((f) => f.endsWith(".sql")).sort();
-  // A misnamed file would otherwise be skipped, or applied out of order, without a word.
-  const misnamed = files.filter((f) => !MIGRATION_FILE.test(f));
-  if (misnamed.length > 0) throw new Error(`migrations must be named like 001_name.sql: ${misnamed.join(", ")}`);
+  const files = await migrationFiles();
   // The database may not exist yet, so connect to the server. One connection:
   // a GET_LOCK belongs to the session that took it.
   const conn = await mysql.createConnection({ uri: server.toString(), connectTimeout, multipleStatements: true });
@@ -91,6 +91,76 @@ export async function runMigrations(url: string, connectTimeout: number): Promis
     // A connection that cannot end cleanly is broken; drop it.
     await conn.end().catch(() => conn.destroy());
   }
+}
+
+/** The migration files (names), in the order they apply. */
+export async function migrationFiles(): Promise<string[]> {
+  const files = (await readdir(migrationsDirectory())).filter((f) => f.endsWith(".sql")).sort();
+  // A misnamed file would otherwise be skipped, or applied out of order, without a word.
+  const misnamed = files.filter((f) => !MIGRATION_FILE.test(f));
+  if (misnamed.length > 0) throw new Error(`migrations must be named like 001_name.sql: ${misnamed.join(", ")}`);
+  return files;
+}
+
+/** The migrations not in `applied` (the versions schema_migrations holds), in order. */
+export async function pendingMigrations(applied: readonly string[]): Promise<string[]> {
+  const done = new Set(applied);
+  return (await migrationFiles()).filter((f) => !done.has(f));
+}
+
+/** A pending migration's SQL, e.g. to apply it through vtgate or Vitess online DDL. */
+export function migrationSql(file: string): Promise<string> {
+  return readFile(join(migrationsDirectory(), file), "utf8");
+}
+
+/**
+ * What `npm run migrate -- --check` reports: the versions recorded in the
+ * URL's database and those pending. Reads only (no DDL, no lock): a missing
+ * database or schema_migrations table means every migration is pending.
+ */
+export async function migrationStatus(url: string, connectTimeout: number): Promise<{ applied: string[]; pending: string[] }> {
+  databaseOf(url);
+  let applied: string[] = [];
+  const conn = await mysql.createConnection({ uri: url, connectTimeout }).catch((err: unknown) => {
+    if ((err as { code?: string }).code === "ER_BAD_DB_ERROR") return null;
+    throw err;
+  });
+  if (conn !== null) {
+    try {
+      applied = await appliedVersions(conn);
+    } finally {
+      await conn.end().catch(() => conn.destroy());
+    }
+  }
+  return { applied, pending: await pendingMigrations(applied) };
+}
+
+/** The versions in schema_migrations ([] when the table does not exist yet). */
+export async function appliedVersions(db: { query: (sql: string) => Promise<unknown> }): Promise<string[]> {
+  try {
+    const [rows] = (await db.query("SELECT version FROM schema_migrations")) as [RowDataPacket[]];
+    return rows.map((r) => r.version as string);
+  } catch (err) {
+    if ((err as { code?: string }).code === "ER_NO_SUCH_TABLE") return [];
+    throw err;
+  }
+}
+
+/** Why the service refuses to start with MIGRATE_ON_START=false: the schema is behind this build. */
+export class SchemaBehindError extends Error {
+  constructor(readonly pending: readonly string[]) {
+    super(
+      `the database schema is behind this version of the service: ${pending.length} migration(s) pending (${pending.join(", ")}). ` +
+        "Apply them with `npm run migrate` (on Vitess: docs/vitess.md), or start with MIGRATE_ON_START=true.",
+    );
+    this.name = "SchemaBehindError";
+  }
+}
+
+function databaseOf(url: string): string {
+  const database = decodeURIComponent(new URL(url).pathname.replace(/^\/+/, ""));
+  if (database === "") throw new Error("the MySQL URL names no database (mysql://user@host:port/<database>)");
+  return database;
 }
 
 function quoteName(name: string): string {

@@ -20,7 +20,7 @@ import {
 import { KEY_INSERT_COLUMNS, KEY_SELECT, type KeyRow, insertValues, limitValues, toKey } from "./keys-table.js";
 import { nextPosition } from "./positions.js";
 import { unavailable } from "../keys/errors.js";
-import { runMigrations } from "./migrate.js";
+import { SchemaBehindError, appliedVersions, pendingMigrations, runMigrations } from "./migrate.js";
 import {
   CONNECT_TIMEOUT_MS,
   QUERY_TIMEOUT_MS,
@@ -167,6 +167,16 @@ export class MySqlStore implements Store {
     return guard(async () => {
       await runMigrations(this.url, CONNECT_TIMEOUT_MS);
     });
+  }
+
+  /**
+   * For a service that may not run DDL (MIGRATE_ON_START=false): throws
+   * SchemaBehindError when migrations are pending. Reads schema_migrations only.
+   */
+  async checkSchema(): Promise<void> {
+    const applied = await guard(() => this.db.run((db) => appliedVersions(db)));
+    const pending = await pendingMigrations(applied);
+    if (pending.length > 0) throw new SchemaBehindError(pending);
   }
 
   ping(): Promise<void> {
