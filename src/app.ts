@@ -8,6 +8,7 @@ import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_p
 import { file_google_rpc_status } from "../gen/google/rpc/status_pb.js";
 import { LocalInvalidator } from "./broadcast/local-invalidator.js";
 import { RedisBroadcast } from "./broadcast/redis-broadcast.js";
+import { InvalidationOutbox } from "./broadcast/outbox.js";
 import { RedisPubSub } from "./broadcast/redis-pubsub.js";
 import { redisClient } from "./redis/connections.js";
 import type { Config } from "./config.js";
@@ -102,7 +103,15 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         leaseMs: config.cacheLeaseMs,
         deliveryDelayMs: overrides.broadcastDeliveryDelayMs,
       });
-  const invalidator: Invalidator = broadcast ?? new LocalInvalidator(cache);
+  // Every change's invalidation is in the store's outbox until announced; the outbox worker announces what was left behind.
+  const outbox = new InvalidationOutbox({
+    invalidator: broadcast ?? new LocalInvalidator(cache),
+    healthy: () => broadcast?.healthy ?? true,
+    store,
+    logger,
+    pollMs: config.outboxPollMs,
+  });
+  const invalidator: Invalidator = outbox;
   const lastUsed = new LastUsedTracker(store, config.lastUsedFlushMs, (err) =>
     logger.warn({ err: String(err) }, "writing last-used times failed; will retry"),
   );
@@ -179,6 +188,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     metrics,
     async start() {
       await broadcast?.start();
+      outbox.start();
       await limiter.start();
       await health.start();
       const grpcPort = await listenGrpc(grpcServer, config.host, config.grpcPort, grpcCredentials);
@@ -213,6 +223,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         ]);
         await lastUsed.stop();
         await limiter.stop();
+        await outbox.stop();
         await broadcast?.stop();
         await store.close();
       })();

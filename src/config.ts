@@ -35,6 +35,8 @@ export interface Config {
   negativeCacheTtlMs: number;
   /** How long a cache stays trusted without hearing back from Redis (see src/broadcast/redis-broadcast.ts). */
   cacheLeaseMs: number;
+  /** How often the invalidation outbox is polled, and how old a row must be to be published by it (docs/revocation.md). */
+  outboxPollMs: number;
   lastUsedFlushMs: number;
   /** How often consumed credits are copied from Redis to MySQL (see src/limits/redis-usage-limiter.ts). */
   creditFlushMs: number;
@@ -357,6 +359,7 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     cacheTtlMs: int(env, "CACHE_TTL_SECONDS", 300, 1, 86_400) * 1000,
     negativeCacheTtlMs: int(env, "NEGATIVE_CACHE_TTL_SECONDS", 30, 1, 3600) * 1000,
     cacheLeaseMs: int(env, "CACHE_LEASE_MS", 1500, 100, 60_000),
+    outboxPollMs: int(env, "OUTBOX_POLL_MS", 1000, 100, 60_000),
     lastUsedFlushMs: int(env, "LAST_USED_FLUSH_SECONDS", 5, 1, 3600) * 1000,
     creditFlushMs: int(env, "CREDIT_FLUSH_SECONDS", 5, 1, 3600) * 1000,
     maxMessageBytes: int(env, "MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),

@@ -152,6 +152,11 @@ export class RedisBroadcast implements Invalidator {
     });
   }
 
+  /** Whether this instance is subscribed: it hears others and can announce (the outbox worker asks). */
+  get healthy(): boolean {
+    return this.subscribed;
+  }
+
   /** The channels this instance subscribes to. */
   get channels(): string[] {
     return [CHANNELS.bus, this.ackChannel];

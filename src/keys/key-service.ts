@@ -30,7 +30,7 @@ import { auditEvent } from "./audit.js";
 import type { CallContext } from "./call-context.js";
 import { ApiError, Status, invalidArgument, keyNotFound } from "./errors.js";
 import type { SecretHasher } from "./hashing.js";
-import type { Invalidator } from "./ports.js";
+import type { Invalidation, Invalidator } from "./ports.js";
 import { generateSecret, newKeyId, previewOf } from "./key-format.js";
 import { toApiKey } from "./mapping.js";
 import { decodePageToken, encodePageToken } from "./page-token.js";
@@ -210,15 +210,11 @@ export class KeyService {
     const key = await this.findKey(orgId, keyId);
     requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "updating a key");
     if (key.revokeTime !== null) throw keyRevoked(keyId, "updated");
-    const updated = await this.store.updateKey({
-      organizationId: orgId,
-      keyId,
-      patch,
-      now,
-      audit: auditEvent(call, actor, orgId, "key.update", now, keyId, { fields: paths.join(",") }),
-    });
+    const audit = auditEvent(call, actor, orgId, "key.update", now, keyId, { fields: paths.join(",") });
+    const invalidation: Invalidation = { kind: "keys", keyIds: [keyId] };
+    const updated = await this.store.updateKey({ organizationId: orgId, keyId, patch, now, audit, invalidation });
     if (!updated) throw await this.notChanged(orgId, keyId, "updated");
-    await this.invalidator.invalidate({ kind: "keys", keyIds: [keyId] });
+    await this.invalidator.invalidate(invalidation, { organizationId: orgId, id: audit.id });
     return create(UpdateKeyResponseSchema, { key: toApiKey(updated, now) });
   }
 
@@ -233,15 +229,18 @@ export class KeyService {
     requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "rotating a key");
     if (key.revokeTime !== null) throw keyRevoked(keyId, "rotated");
     const secret = generateSecret(key.prefix);
+    const audit = auditEvent(call, actor, orgId, "key.rotate", now, keyId, { grace_seconds: String(Math.floor(grace / 1000)) });
+    const invalidation: Invalidation = { kind: "keys", keyIds: [keyId] };
     const rotated = await this.store.rotateKey({
       organizationId: orgId,
       keyId,
       rotation: { newHash: this.hasher.hash(secret), newPreview: previewOf(secret), oldSecretExpireTime: now + grace },
       now,
-      audit: auditEvent(call, actor, orgId, "key.rotate", now, keyId, { grace_seconds: String(Math.floor(grace / 1000)) }),
+      audit,
+      invalidation,
     });
     if (!rotated) throw await this.notChanged(orgId, keyId, "rotated");
-    await this.invalidator.invalidate({ kind: "keys", keyIds: [keyId] });
+    await this.invalidator.invalidate(invalidation, { organizationId: orgId, id: audit.id });
     return create(RotateKeyResponseSchema, { key: toApiKey(rotated, now), secret });
   }
 
@@ -253,13 +252,16 @@ export class KeyService {
     const reason = checkText("reason", req.reason, LIMITS.reasonLength);
     // The policy goes to the store, which makes it a condition of its write: one round trip, and no window
     // between the check and the write.
+    const audit = auditEvent(call, actor, orgId, "key.revoke", now, keyId, reason ? { reason } : {});
+    const invalidation: Invalidation = { kind: "keys", keyIds: [keyId] };
     const result = await this.store.revokeKey({
       organizationId: orgId,
       keyId,
       revokedBy: actor.userId,
       reason,
       now,
-      audit: auditEvent(call, actor, orgId, "key.revoke", now, keyId, reason ? { reason } : {}),
+      audit,
+      invalidation,
       permission: {
         revocable: revocable(this.policy, actor.userId, actor.role),
         check: (key) => requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "revoking a key"),
@@ -267,7 +269,7 @@ export class KeyService {
     });
     if (!result) throw keyNotFound(keyId);
     // Also on a repeated revoke: the first call may have failed after its write, before its broadcast.
-    await this.invalidator.invalidate({ kind: "keys", keyIds: [keyId] });
+    await this.invalidator.invalidate(invalidation, { organizationId: orgId, id: audit.id });
     return create(RevokeKeyResponseSchema, { key: toApiKey(result.key, now) });
   }
 
@@ -278,15 +280,19 @@ export class KeyService {
     const createdBy = requireId("created_by", req.createdBy);
     const reason = checkText("reason", req.reason, LIMITS.reasonLength);
     requireMayChange(this.policy, actor.userId, actor.role, createdBy, "revoking keys");
+    const audit = auditEvent(call, actor, orgId, "key.revoke_all", now, "", { created_by: createdBy, ...(reason ? { reason } : {}) });
     const changed = await this.store.revokeKeysCreatedBy({
       organizationId: orgId,
       createdBy,
       revokedBy: actor.userId,
       reason,
       now,
-      audit: auditEvent(call, actor, orgId, "key.revoke_all", now, "", { created_by: createdBy, ...(reason ? { reason } : {}) }),
+      audit,
+      // Which keys it revokes is known only in the transaction: the outbox names their creator (a superset).
+      invalidation: { kind: "member", organizationId: orgId, userId: createdBy },
     });
-    if (changed.keyIds.length > 0) await this.invalidator.invalidate({ kind: "keys", keyIds: changed.keyIds });
+    // With nothing revoked there is nothing to announce; the outbox row is published once by the outbox worker.
+    if (changed.keyIds.length > 0) await this.invalidator.invalidate({ kind: "keys", keyIds: changed.keyIds }, { organizationId: orgId, id: audit.id });
     return create(RevokeKeysResponseSchema, { revokedCount: changed.keyIds.length });
   }
 

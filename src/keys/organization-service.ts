@@ -20,7 +20,7 @@ import {
 import type { Store } from "./ports.js";
 import { auditEvent } from "./audit.js";
 import type { CallContext } from "./call-context.js";
-import type { Invalidator } from "./ports.js";
+import type { Invalidation, Invalidator } from "./ports.js";
 import { toAuditEvent, toMember, toOrganization } from "./mapping.js";
 import { decodePageToken, encodePageToken } from "./page-token.js";
 import { type KeyPolicy, requireRole, roleName } from "./policy.js";
@@ -52,14 +52,10 @@ export class OrganizationService {
     const userId = requireId("user_id", req.userId);
     const role = requireRoleValue("role", req.role);
     const actor = optionalActor(req.actor);
-    const member = await this.store.setMemberRole({
-      organizationId: orgId,
-      userId,
-      role,
-      now,
-      audit: auditEvent(call, actor, orgId, "member.set_role", now, "", { user_id: userId, role: roleName(role) }),
-    });
-    await this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId });
+    const audit = auditEvent(call, actor, orgId, "member.set_role", now, "", { user_id: userId, role: roleName(role) });
+    const invalidation: Invalidation = { kind: "member", organizationId: orgId, userId };
+    const member = await this.store.setMemberRole({ organizationId: orgId, userId, role, now, audit, invalidation });
+    await this.invalidator.invalidate(invalidation, { organizationId: orgId, id: audit.id });
     return create(SetMemberRoleResponseSchema, { member: toMember(member) });
   }
 
@@ -68,14 +64,10 @@ export class OrganizationService {
     const orgId = requireId("organization_id", req.organizationId);
     const userId = requireId("user_id", req.userId);
     const actor = optionalActor(req.actor);
-    const changed = await this.store.removeMember({
-      organizationId: orgId,
-      userId,
-      revokeKeys: req.revokeKeys,
-      now,
-      audit: auditEvent(call, actor, orgId, "member.remove", now, "", { user_id: userId, revoke_keys: String(req.revokeKeys) }),
-    });
-    await this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId });
+    const audit = auditEvent(call, actor, orgId, "member.remove", now, "", { user_id: userId, revoke_keys: String(req.revokeKeys) });
+    const invalidation: Invalidation = { kind: "member", organizationId: orgId, userId };
+    const changed = await this.store.removeMember({ organizationId: orgId, userId, revokeKeys: req.revokeKeys, now, audit, invalidation });
+    await this.invalidator.invalidate(invalidation, { organizationId: orgId, id: audit.id });
     return create(RemoveMemberResponseSchema, { revokedCount: changed.keyIds.length });
   }
 
@@ -83,13 +75,10 @@ export class OrganizationService {
     const now = this.now();
     const orgId = requireId("organization_id", req.organizationId);
     const actor = optionalActor(req.actor);
-    const org = await this.store.setApiAccess({
-      organizationId: orgId,
-      enabled: req.enabled,
-      now,
-      audit: auditEvent(call, actor, orgId, req.enabled ? "org.enable_api" : "org.disable_api", now),
-    });
-    await this.invalidator.invalidate({ kind: "org", organizationId: orgId });
+    const audit = auditEvent(call, actor, orgId, req.enabled ? "org.enable_api" : "org.disable_api", now);
+    const invalidation: Invalidation = { kind: "org", organizationId: orgId };
+    const org = await this.store.setApiAccess({ organizationId: orgId, enabled: req.enabled, now, audit, invalidation });
+    await this.invalidator.invalidate(invalidation, { organizationId: orgId, id: audit.id });
     return create(SetApiAccessResponseSchema, { organization: toOrganization(org) });
   }
 

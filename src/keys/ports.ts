@@ -55,7 +55,26 @@ export interface Change {
   organizationId: string;
   now: number;
   audit: AuditRecord;
+  /**
+   * The invalidation the change owes every instance's cache, written to the
+   * outbox in the change's own transaction under the audit event's id, so
+   * that it is announced even if the caller's broadcast fails (see
+   * docs/revocation.md). Absent: the change affects no verification.
+   */
+  invalidation?: Invalidation;
 }
+
+/** An outbox row: a committed change's invalidation, until it is known to be announced. */
+export interface OutboxEntry {
+  organizationId: string;
+  /** The change's audit event id. */
+  id: string;
+  invalidation: Invalidation;
+  /** When the change was made (epoch ms). */
+  createTime: number;
+}
+
+export type OutboxRef = Pick<OutboxEntry, "organizationId" | "id">;
 
 export interface KeyPatch {
   name?: string;
@@ -191,6 +210,11 @@ export interface Store {
 
   /** The durable side of monthly credits, kept beside the keys (its close() leaves the store open). */
   creditLedger(): CreditLedger;
+
+  /** Outbox rows of changes made before `createdBefore` (epoch ms), oldest first, at most `limit`. */
+  pendingInvalidations(createdBefore: number, limit: number): Promise<OutboxEntry[]>;
+  /** Deletes outbox rows (announced); one transaction per organization. Unknown ones are ignored. */
+  deleteInvalidations(refs: readonly OutboxRef[]): Promise<void>;
 }
 
 // ─── UsageLimiter ───────────────────────────────────────────────────────────
@@ -264,6 +288,9 @@ export type Invalidation =
   | { kind: "org"; organizationId: string };
 
 export interface Invalidator {
-  /** Resolves once no instance will answer from stale state any more. */
-  invalidate(event: Invalidation): Promise<void>;
+  /**
+   * Resolves once no instance will answer from stale state any more. `outbox`
+   * names the change's outbox row (Change.invalidation), deleted once that is so.
+   */
+  invalidate(event: Invalidation, outbox?: OutboxRef): Promise<void>;
 }

@@ -17,8 +17,11 @@ import type {
   CreditLedger,
   ChangedKeys,
   CreatedKey,
+  Invalidation,
   ListKeysQuery,
   NewKey,
+  OutboxEntry,
+  OutboxRef,
   Page,
   RemoveMemberCommand,
   RevokeKeyCommand,
@@ -61,6 +64,8 @@ export class MemoryStore implements Store {
   private readonly audit: { seq: number; record: AuditRecord }[] = [];
   private nextSeq = 1;
   private readonly credits = new MemoryCreditLedger();
+  /** The invalidation outbox: organization and audit id → entry. */
+  private readonly outbox = new Map<string, OutboxEntry>();
 
   async migrate(): Promise<void> {}
 
@@ -126,7 +131,7 @@ export class MemoryStore implements Store {
     };
   }
 
-  async updateKey({ organizationId, keyId, patch, now, audit }: UpdateKeyCommand): Promise<KeyRecord | null> {
+  async updateKey({ organizationId, keyId, patch, now, audit, invalidation }: UpdateKeyCommand): Promise<KeyRecord | null> {
     const key = this.find(organizationId, keyId);
     if (key === null || key.revokeTime !== null) return null;
     if (patch.name !== undefined) key.name = patch.name;
@@ -136,10 +141,11 @@ export class MemoryStore implements Store {
     if (patch.limits !== undefined) key.limits = normalizeLimits(patch.limits);
     key.updateTime = now;
     this.addAudit(audit);
+    this.addOutbox(audit, invalidation);
     return copy(key);
   }
 
-  async rotateKey({ organizationId, keyId, rotation, now, audit }: RotateKeyCommand): Promise<KeyRecord | null> {
+  async rotateKey({ organizationId, keyId, rotation, now, audit, invalidation }: RotateKeyCommand): Promise<KeyRecord | null> {
     const key = this.find(organizationId, keyId);
     if (key === null || key.revokeTime !== null) return null;
     const graceEnd = rotation.oldSecretExpireTime;
@@ -155,46 +161,55 @@ export class MemoryStore implements Store {
     key.previousSecretExpireTime = graceEnd <= now ? null : graceEnd;
     key.updateTime = now;
     this.addAudit(audit);
+    this.addOutbox(audit, invalidation);
     return copy(key);
   }
 
-  async revokeKey({ organizationId, keyId, revokedBy, reason, now, audit, permission }: RevokeKeyCommand): Promise<{ key: KeyRecord; changed: boolean } | null> {
+  async revokeKey({ organizationId, keyId, revokedBy, reason, now, audit, permission, invalidation }: RevokeKeyCommand): Promise<{ key: KeyRecord; changed: boolean } | null> {
     const key = this.find(organizationId, keyId);
     if (key === null) return null;
     // As the MySQL store does it: the write's own condition first, the verdict only when it matched nothing.
     if (key.revokeTime === null && mayRevokeCreatedBy(permission.revocable, key.createdBy)) {
       revoke(key, revokedBy, reason, now);
       this.addAudit(audit);
+      this.addOutbox(audit, invalidation);
       return { key: copy(key), changed: true };
     }
-    return unchangedByRevoke(copy(key), permission);
+    const unchanged = unchangedByRevoke(copy(key), permission);
+    // As in MySQL: a repeated revoke announces again (the first one's broadcast may have failed).
+    this.addOutbox(audit, invalidation);
+    return unchanged;
   }
 
-  async revokeKeysCreatedBy({ organizationId, createdBy, revokedBy, reason, now, audit }: RevokeKeysCommand): Promise<ChangedKeys> {
+  async revokeKeysCreatedBy({ organizationId, createdBy, revokedBy, reason, now, audit, invalidation }: RevokeKeysCommand): Promise<ChangedKeys> {
     const changed = this.revokeCreatedBy(organizationId, createdBy, revokedBy, reason, now);
     this.addAudit(audit);
+    this.addOutbox(audit, invalidation);
     return changed;
   }
 
-  async setMemberRole({ organizationId, userId, role, now, audit }: SetMemberRoleCommand): Promise<MemberRecord> {
+  async setMemberRole({ organizationId, userId, role, now, audit, invalidation }: SetMemberRoleCommand): Promise<MemberRecord> {
     const member = this.upsertMember(organizationId, userId, role, now);
     this.addAudit(audit);
+    this.addOutbox(audit, invalidation);
     return { ...member };
   }
 
-  async removeMember({ organizationId, userId, revokeKeys, now, audit }: RemoveMemberCommand): Promise<ChangedKeys> {
+  async removeMember({ organizationId, userId, revokeKeys, now, audit, invalidation }: RemoveMemberCommand): Promise<ChangedKeys> {
     this.members.delete(pairKey(organizationId, userId));
     const changed = revokeKeys
       ? this.revokeCreatedBy(organizationId, userId, audit.actorUserId, MEMBER_REMOVED_REASON, now)
       : { keyIds: [] };
     this.addAudit(audit);
+    this.addOutbox(audit, invalidation);
     return changed;
   }
 
-  async setApiAccess({ organizationId, enabled, now, audit }: SetApiAccessCommand): Promise<OrganizationRecord> {
+  async setApiAccess({ organizationId, enabled, now, audit, invalidation }: SetApiAccessCommand): Promise<OrganizationRecord> {
     const org = { id: organizationId, apiAccessEnabled: enabled, updateTime: now };
     this.organizations.set(organizationId, org);
     this.addAudit(audit);
+    this.addOutbox(audit, invalidation);
     return { ...org };
   }
 
@@ -257,6 +272,24 @@ export class MemoryStore implements Store {
 
   private addAudit(record: AuditRecord): void {
     this.audit.push({ seq: this.nextSeq++, record: copy(record) });
+  }
+
+  private addOutbox(audit: AuditRecord, invalidation: Invalidation | undefined): void {
+    if (invalidation === undefined) return;
+    const entry = { organizationId: audit.organizationId, id: audit.id, invalidation: copy(invalidation), createTime: audit.time };
+    this.outbox.set(pairKey(audit.organizationId, audit.id), entry);
+  }
+
+  async pendingInvalidations(createdBefore: number, limit: number): Promise<OutboxEntry[]> {
+    return [...this.outbox.values()]
+      .filter((e) => e.createTime < createdBefore)
+      .sort((a, b) => a.createTime - b.createTime)
+      .slice(0, limit)
+      .map(copy);
+  }
+
+  async deleteInvalidations(refs: readonly OutboxRef[]): Promise<void> {
+    for (const ref of refs) this.outbox.delete(pairKey(ref.organizationId, ref.id));
   }
 }
 

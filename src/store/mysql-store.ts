@@ -40,9 +40,12 @@ import type {
   ChangedKeys,
   CreatedKey,
   CreditLedger,
+  Invalidation,
   CreditUsage,
   ListKeysQuery,
   NewKey,
+  OutboxEntry,
+  OutboxRef,
   Page,
   RemoveMemberCommand,
   RevokeKeyCommand,
@@ -369,7 +372,7 @@ export class MySqlStore implements Store {
     });
   }
 
-  updateKey({ organizationId, keyId, patch, now, audit }: UpdateKeyCommand): Promise<KeyRecord | null> {
+  updateKey({ organizationId, keyId, patch, now, audit, invalidation }: UpdateKeyCommand): Promise<KeyRecord | null> {
     const columns: Record<string, unknown> = { update_time: toDate(now) };
     if (patch.name !== undefined) columns.name = patch.name;
     if (patch.scopes !== undefined) columns.scopes = JSON.stringify(patch.scopes);
@@ -385,12 +388,13 @@ export class MySqlStore implements Store {
         );
         if (res.affectedRows === 0) return null;
         insertAudit(conn, audit);
+        insertOutbox(conn, audit, invalidation);
         return selectKey(conn, organizationId, keyId);
       }),
     );
   }
 
-  rotateKey({ organizationId, keyId, rotation, now, audit }: RotateKeyCommand): Promise<KeyRecord | null> {
+  rotateKey({ organizationId, keyId, rotation, now, audit, invalidation }: RotateKeyCommand): Promise<KeyRecord | null> {
     const graceEnd = rotation.oldSecretExpireTime;
     const graceOver = graceEnd <= now;
     return guard(async () => {
@@ -423,6 +427,7 @@ export class MySqlStore implements Store {
             keyId,
           ]);
           insertAudit(conn, audit);
+        insertOutbox(conn, audit, invalidation);
           const key = await selectKey(conn, organizationId, keyId);
           return { key, deleted: gone.result!.map((r) => r.hash as Buffer) };
         },
@@ -435,7 +440,7 @@ export class MySqlStore implements Store {
     });
   }
 
-  async revokeKey({ organizationId, keyId, revokedBy, reason, now, audit, permission }: RevokeKeyCommand): Promise<{ key: KeyRecord; changed: boolean } | null> {
+  async revokeKey({ organizationId, keyId, revokedBy, reason, now, audit, permission, invalidation }: RevokeKeyCommand): Promise<{ key: KeyRecord; changed: boolean } | null> {
     // One round trip: the policy is a condition of the UPDATE, the audit event is
     // recorded only if the UPDATE changed the row, and the key is read back, all
     // with the COMMIT. Only when nothing changed is the policy asked why.
@@ -456,6 +461,8 @@ export class MySqlStore implements Store {
             if (update.result!.affectedRows === 1) insertAudit(tx, audit);
           }
         }
+        // Unconditional: a repeated revoke announces again (the first one's broadcast may have failed).
+        insertOutbox(tx, audit, invalidation);
         const select = tx.later<KeyRow[]>(`SELECT ${KEY_SELECT} FROM api_keys k WHERE k.organization_id = ? AND k.id = ?`, [
           organizationId,
           keyId,
@@ -469,27 +476,29 @@ export class MySqlStore implements Store {
     return revoked ? { key, changed: true } : unchangedByRevoke(key, permission);
   }
 
-  revokeKeysCreatedBy({ organizationId, createdBy, revokedBy, reason, now, audit }: RevokeKeysCommand): Promise<ChangedKeys> {
+  revokeKeysCreatedBy({ organizationId, createdBy, revokedBy, reason, now, audit, invalidation }: RevokeKeysCommand): Promise<ChangedKeys> {
     return guard(() =>
       this.db.transaction(async (conn) => {
         const changed = await revokeCreatedBy(conn, organizationId, createdBy, revokedBy, reason, now);
         insertAudit(conn, audit);
+        insertOutbox(conn, audit, invalidation);
         return changed;
       }),
     );
   }
 
-  setMemberRole({ organizationId, userId, role, now, audit }: SetMemberRoleCommand): Promise<MemberRecord> {
+  setMemberRole({ organizationId, userId, role, now, audit, invalidation }: SetMemberRoleCommand): Promise<MemberRecord> {
     return guard(() =>
       this.db.transaction(async (conn) => {
         upsertMember(conn, organizationId, userId, role, now);
         insertAudit(conn, audit);
+        insertOutbox(conn, audit, invalidation);
         return { organizationId, userId, role, updateTime: now };
       }),
     );
   }
 
-  removeMember({ organizationId, userId, revokeKeys, now, audit }: RemoveMemberCommand): Promise<ChangedKeys> {
+  removeMember({ organizationId, userId, revokeKeys, now, audit, invalidation }: RemoveMemberCommand): Promise<ChangedKeys> {
     return guard(() =>
       this.db.transaction(async (conn) => {
         await conn.query("DELETE FROM members WHERE organization_id = ? AND user_id = ?", [organizationId, userId]);
@@ -497,12 +506,13 @@ export class MySqlStore implements Store {
           ? await revokeCreatedBy(conn, organizationId, userId, audit.actorUserId, MEMBER_REMOVED_REASON, now)
           : { keyIds: [] };
         insertAudit(conn, audit);
+        insertOutbox(conn, audit, invalidation);
         return changed;
       }),
     );
   }
 
-  setApiAccess({ organizationId, enabled, now, audit }: SetApiAccessCommand): Promise<OrganizationRecord> {
+  setApiAccess({ organizationId, enabled, now, audit, invalidation }: SetApiAccessCommand): Promise<OrganizationRecord> {
     return guard(() =>
       this.db.transaction(async (conn) => {
         await conn.query(
@@ -511,6 +521,7 @@ export class MySqlStore implements Store {
           [organizationId, enabled, toDate(now)],
         );
         insertAudit(conn, audit);
+        insertOutbox(conn, audit, invalidation);
         return { id: organizationId, apiAccessEnabled: enabled, updateTime: now };
       }),
     );
@@ -570,6 +581,40 @@ export class MySqlStore implements Store {
         }
       }
       await this.runEach(statements, LAST_USED_CHUNK);
+    });
+  }
+
+  pendingInvalidations(createdBefore: number, limit: number): Promise<OutboxEntry[]> {
+    return guard(async () => {
+      const [rows] = await this.db.run((db) =>
+        db.query<RowDataPacket[]>(
+          `SELECT organization_id, id, create_time, invalidation FROM invalidation_outbox
+           WHERE create_time < ? ORDER BY create_time LIMIT ?`,
+          [toDate(createdBefore), limit],
+        ),
+      );
+      return rows.map((r) => ({
+        organizationId: r.organization_id as string,
+        id: r.id as string,
+        createTime: toMs(r.create_time as Date)!,
+        // MySQL returns JSON columns parsed, MariaDB (JSON is LONGTEXT there) as text.
+        invalidation: (typeof r.invalidation === "string" ? JSON.parse(r.invalidation) : r.invalidation) as Invalidation,
+      }));
+    });
+  }
+
+  deleteInvalidations(refs: readonly OutboxRef[]): Promise<void> {
+    const byOrganization = new Map<string, string[]>();
+    for (const ref of refs) {
+      const ids = byOrganization.get(ref.organizationId);
+      if (ids === undefined) byOrganization.set(ref.organizationId, [ref.id]);
+      else ids.push(ref.id);
+    }
+    // One statement per organization: each touches one shard.
+    return guard(async () => {
+      for (const [organizationId, ids] of byOrganization) {
+        await this.db.run((db) => db.query("DELETE FROM invalidation_outbox WHERE organization_id = ? AND id IN (?)", [organizationId, ids]));
+      }
     });
   }
 
@@ -790,6 +835,17 @@ function insertAudit(tx: Transaction, audit: AuditRecord, onlyIf?: string): void
 /** Queued, like insertAudit. */
 function insertAudits(tx: Transaction, audits: AuditRecord[]): void {
   tx.later(`INSERT INTO audit_events (${AUDIT_COLUMNS}) VALUES ${list(audits.length, AUDIT_ROW)}`, audits.flatMap(auditValues));
+}
+
+/** Queued, like insertAudit: the change's invalidation in the outbox, under its audit event's id. */
+function insertOutbox(tx: Transaction, audit: AuditRecord, invalidation: Invalidation | undefined): void {
+  if (invalidation === undefined) return;
+  tx.later("INSERT INTO invalidation_outbox (organization_id, id, create_time, invalidation) VALUES (?, ?, ?, ?)", [
+    audit.organizationId,
+    audit.id,
+    toDate(audit.time),
+    JSON.stringify(invalidation),
+  ]);
 }
 
 /** What a revocation writes to its key's row: the SET clause, and its values. */

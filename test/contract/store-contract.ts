@@ -710,6 +710,72 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       });
     });
 
+    describe("invalidation outbox", () => {
+      // Older than every other test's rows, so that the oldest-first poll finds these first.
+      const LONG_AGO = T0 - 365 * 24 * 60 * MINUTE;
+
+      async function pending(orgs: string[]) {
+        return (await store.pendingInvalidations(T0, 1000)).filter((e) => orgs.includes(e.organizationId));
+      }
+
+      it("holds each change's invalidation, written with it, under its audit id, until deleted", async () => {
+        const org = uid("org");
+        const { key } = await create(org);
+        const at = (i: number) => auditRecord(org, "change", { time: LONG_AGO + i });
+        const audits = [at(1), at(2), at(3), at(4), at(5), at(6), at(7)];
+        const keys = { kind: "keys" as const, keyIds: [key.id] };
+        const member = { kind: "member" as const, organizationId: org, userId: key.createdBy };
+        const orgWide = { kind: "org" as const, organizationId: org };
+        const base = { organizationId: org, now: LONG_AGO };
+        await store.updateKey({ ...base, keyId: key.id, patch: { name: "n" }, audit: audits[0], invalidation: keys });
+        await store.rotateKey({
+          ...base,
+          keyId: key.id,
+          rotation: { newHash: secretHash(), newPreview: "p", oldSecretExpireTime: LONG_AGO + MINUTE },
+          audit: audits[1],
+          invalidation: keys,
+        });
+        await store.setMemberRole({ ...base, userId: key.createdBy, role: Role.ADMIN, audit: audits[2], invalidation: member });
+        await store.setApiAccess({ ...base, enabled: false, audit: audits[3], invalidation: orgWide });
+        await store.revokeKey({ ...base, keyId: key.id, revokedBy: "u_r", reason: "", audit: audits[4], permission: ALLOW, invalidation: keys });
+        // Again: a repeated revoke announces again (the first one's broadcast may have failed).
+        await store.revokeKey({ ...base, keyId: key.id, revokedBy: "u_r", reason: "", audit: audits[5], permission: ALLOW, invalidation: keys });
+        await store.removeMember({ ...base, userId: key.createdBy, revokeKeys: true, audit: audits[6], invalidation: member });
+        // Changes without an invalidation, or that change nothing, leave no row.
+        await store.setMemberRole({ ...base, userId: "u_other", role: Role.VIEWER, audit: at(8) });
+        expect(await store.updateKey({ ...base, keyId: "key_missing", patch: { name: "n" }, audit: at(9), invalidation: keys })).toBeNull();
+
+        const rows = await pending([org]);
+        expect(rows).toEqual(
+          [keys, keys, member, orgWide, keys, keys, member].map((invalidation, i) => ({
+            organizationId: org,
+            id: audits[i].id,
+            createTime: audits[i].time,
+            invalidation,
+          })),
+        );
+        await store.deleteInvalidations([rows[0], rows[3], { organizationId: org, id: "evt_unknown" }]);
+        expect((await pending([org])).map((r) => r.id)).toEqual([1, 2, 4, 5, 6].map((i) => audits[i].id));
+      });
+
+      it("lists only rows made before the given time, oldest first, at most `limit`; deletes across organizations", async () => {
+        const [a, b] = [uid("org"), uid("org")];
+        const invalidation = (org: string) => ({ kind: "org" as const, organizationId: org });
+        for (const [org, offset] of [[a, 3], [b, 1], [a, 2], [b, 50]] as const) {
+          await store.setApiAccess({ organizationId: org, enabled: true, now: LONG_AGO, audit: auditRecord(org, "x", { time: LONG_AGO + offset }), invalidation: invalidation(org) });
+        }
+        const before = (await store.pendingInvalidations(LONG_AGO + 50, 1000)).filter((e) => [a, b].includes(e.organizationId));
+        expect(before.map((e) => [e.organizationId, e.createTime - LONG_AGO])).toEqual([
+          [b, 1],
+          [a, 2],
+          [a, 3],
+        ]);
+        expect((await store.pendingInvalidations(LONG_AGO + 50, 2)).length).toBeLessThanOrEqual(2);
+        await store.deleteInvalidations(await pending([a, b]));
+        expect(await pending([a, b])).toEqual([]);
+      });
+    });
+
     describe("isolation of records", () => {
       it("never hands out or keeps the caller's objects", async () => {
         const org = uid("org");
