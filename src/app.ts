@@ -72,7 +72,7 @@ export interface App {
 
 export async function openStore(config: Config): Promise<Store> {
   if (config.dev) return new MemoryStore();
-  const store = await MySqlStore.open(config.mysqlUrl, { pipelining: config.mysqlPipelining });
+  const store = await MySqlStore.open(config.mysqlUrl, { pipelining: config.mysqlPipelining, replicaUrl: config.mysqlReplicaUrl });
   try {
     if (config.migrateOnStart) await store.migrate();
     else await store.checkSchema();

@@ -17,6 +17,8 @@ export interface Config {
   mysqlUrl: string;
   /** Apply pending migrations at start (needs DDL rights); false: refuse to start while any are pending (src/store/migrate.ts). */
   migrateOnStart: boolean;
+  /** A read replica (MariaDB, GTID replication) for cold verifications and listings; null = none (src/store/mysql-store.ts). */
+  mysqlReplicaUrl: string | null;
   /** Send a transaction's statements as multi-statement batches; false for vtgate (src/store/mysql-pool.ts, docs/vitess.md). */
   mysqlPipelining: boolean;
   /** Redis for the broadcast and the usage limits: REDIS_URL, or REDIS_CLUSTER_NODES when set (see src/redis/connections.ts). */
@@ -346,6 +348,7 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     httpPort: int(env, "HTTP_PORT", 8080, 0, 65535),
     mysqlUrl: mysqlUrl(env),
     migrateOnStart: bool(env, "MIGRATE_ON_START", true),
+    mysqlReplicaUrl: env.MYSQL_REPLICA_URL || null,
     mysqlPipelining: bool(env, "MYSQL_PIPELINING", true),
     redis: redisTarget(env),
     pepper,

@@ -176,7 +176,13 @@ export interface Store {
   /** Newest first; stable under concurrent inserts. */
   listKeys(query: ListKeysQuery): Promise<Page<KeyRecord>>;
   /** The one lookup behind VerifyKey: the key (revoked or not) holding this secret hash. */
-  findByHash(hash: Buffer): Promise<VerifyRecord | null>;
+  /**
+   * The one lookup behind VerifyKey: the key (revoked or not) holding this secret hash.
+   * `freshness` (the verify cache's generation, which every invalidation bumps) lets a
+   * store read a replica: an answer for a larger freshness must reflect every change
+   * committed before that invalidation arrived. Without it, the store reads its primary.
+   */
+  findByHash(hash: Buffer, freshness?: number): Promise<VerifyRecord | null>;
   /**
    * Replaces a secret's stored hash (pepper rotation: the hash under the
    * previous pepper becomes the hash under the current one), keeping its key

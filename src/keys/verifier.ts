@@ -99,7 +99,8 @@ export class Verifier {
     try {
       // The stored hash is the peppered HMAC; only misses pay for it.
       const hash = this.hasher.hash(req.key);
-      const record = (await this.store.findByHash(hash)) ?? (await this.findUnderPreviousPepper(req.key, hash));
+      const record =
+        (await this.store.findByHash(hash, cache?.generation)) ?? (await this.findUnderPreviousPepper(req.key, hash, cache?.generation));
       value = record === null ? UNKNOWN : buildEntry(record, this.now());
     } catch (err) {
       // Never "not found" because a dependency failed.
@@ -115,10 +116,10 @@ export class Verifier {
    * previous pepper is found by its old hash and moved to the current one,
    * so each key costs the second lookup once. Only misses pay for it.
    */
-  private async findUnderPreviousPepper(secret: string, hash: Buffer): Promise<VerifyRecord | null> {
+  private async findUnderPreviousPepper(secret: string, hash: Buffer, freshness: number | undefined): Promise<VerifyRecord | null> {
     const previous = this.hasher.previousHash(secret);
     if (previous === null) return null;
-    const record = await this.store.findByHash(previous);
+    const record = await this.store.findByHash(previous, freshness);
     if (record !== null && (await this.store.replaceSecretHash(record.key.organizationId, record.key.id, previous, hash))) this.stats.rehashed++;
     return record;
   }

@@ -275,6 +275,8 @@ export function noConnectionInTime(): Error {
 export class TimedPool {
   /** Transactions InnoDB rolled back as a deadlock's victim (each ran again, up to TRANSACTION_ATTEMPTS). */
   deadlocks = 0;
+  /** Transactions committed, since start (a read-your-writes fence for replica reads: see MySqlStore). */
+  commits = 0;
 
   /**
    * @param pipelining Send a transaction's statements in batches, as
@@ -328,6 +330,7 @@ export class TimedPool {
         const tx = new PipelinedTransaction(conn, options, this.pipelining);
         const result = await work(tx);
         await tx.commit();
+        this.commits++;
         return result;
       } catch (err) {
         // A broken connection is not asked to roll back (that would wait behind the stuck

@@ -26,6 +26,7 @@ import {
   QUERY_TIMEOUT_MS,
   type Queryable,
   type Slot,
+  type TimedConnection,
   TimedPool,
   type Transaction,
   createPool,
@@ -57,6 +58,21 @@ import type {
   UpdateKeyCommand,
 } from "../keys/ports.js";
 import { unchangedByRevoke } from "./unchanged-by-revoke.js";
+
+/** How long the first replica read after an invalidation waits for the replica to catch up before asking the primary. */
+const REPLICA_WAIT_S = 0.05;
+
+/** The replication position replica reads must have reached (see MySqlStore.fenced). */
+class ReplicaFence {
+  /** The freshness the position was read for. */
+  freshness: number | null = null;
+  /** The primary's GTID position then ("" when it has none: no binary log). */
+  position: Promise<string> | null = null;
+  /** A position the replica is known to have reached. */
+  confirmed: string | null = null;
+}
+
+const NOT_READ = Symbol("not read from the replica");
 
 /** Keys per last-used UPDATE: small enough not to stall the event loop or MariaDB, large enough to stay rare. */
 export const LAST_USED_CHUNK = 1000;
@@ -148,22 +164,35 @@ export class MySqlStore implements Store {
   /** Looks again at the waiting creates while there are any (see CREATE_SPILL_MS). */
   private createTimer: NodeJS.Timeout | null = null;
 
+  /** The read replica (MYSQL_REPLICA_URL), or null. */
+  private readonly replica: TimedPool | null;
+  /** Replica reads for VerifyKey, fenced by the verify cache's generation (see findByHash). */
+  private readonly verifyFence = new ReplicaFence();
+  /** Replica reads for listings, fenced by this store's own commits (read-your-writes). */
+  private readonly listFence = new ReplicaFence();
+  /** Reads answered by the replica and by the primary instead, for metrics and tests. */
+  readonly replicaReads = { replica: 0, primary: 0 };
+
   private constructor(
     pool: Pool,
     private readonly url: string,
     pipelining: boolean,
+    replica: Pool | null,
   ) {
     this.db = new TimedPool(pool, pipelining);
+    this.replica = replica === null ? null : new TimedPool(replica, pipelining);
   }
 
   /**
-   * Creates the connection pool (connections are opened on demand); does not migrate.
-   * pipelining: see TimedPool (false for vtgate).
+   * Creates the connection pools (connections are opened on demand); does not migrate.
+   * pipelining: see TimedPool (false for vtgate). replicaUrl: a read replica of the primary
+   * (MariaDB, GTID replication) for cold verifications and listings.
    */
-  static async open(url: string, options: { poolSize?: number; pipelining?: boolean } = {}): Promise<MySqlStore> {
+  static async open(url: string, options: { poolSize?: number; pipelining?: boolean; replicaUrl?: string | null } = {}): Promise<MySqlStore> {
     const pipelining = options.pipelining ?? true;
     const pool = createPool(url, options.poolSize ?? 10, pipelining);
-    return new MySqlStore(pool, url, pipelining);
+    const replica = options.replicaUrl ? createPool(options.replicaUrl, options.poolSize ?? 10, pipelining) : null;
+    return new MySqlStore(pool, url, pipelining, replica);
   }
 
   migrate(): Promise<void> {
@@ -189,7 +218,50 @@ export class MySqlStore implements Store {
   }
 
   async close(): Promise<void> {
-    await this.db.end();
+    await Promise.all([this.db.end(), this.replica?.end()]);
+  }
+
+  /**
+   * Runs a read on the replica when it has applied everything the primary had
+   * committed when `fence` was last moved, else on the primary. The fence moves
+   * when `freshness` changes (null: read the primary): the primary's GTID
+   * position is read then (once, shared by the reads waiting for it), and the
+   * first replica read after it waits up to REPLICA_WAIT_S for the replica to
+   * reach it (MASTER_GTID_WAIT); later ones skip the wait. A replica that is
+   * further behind, unreachable, or not MariaDB is not read.
+   */
+  private async fenced<T>(fence: ReplicaFence, freshness: number | null, read: (db: Queryable & Pick<TimedConnection, "execute">) => Promise<T>): Promise<T> {
+    const replica = this.replica;
+    if (replica === null || freshness === null) return this.db.run(read);
+    if (fence.freshness !== freshness && (fence.freshness === null || freshness > fence.freshness)) {
+      fence.freshness = freshness;
+      fence.confirmed = null;
+      fence.position = this.db.run(async (db) => {
+        const [rows] = await db.query<RowDataPacket[]>("SELECT @@gtid_binlog_pos AS position");
+        return String(rows[0].position ?? "");
+      });
+    }
+    const position = await fence.position!.catch(() => "");
+    if (position === "") {
+      this.replicaReads.primary++;
+      return this.db.run(read);
+    }
+    const answer: { value: T } | typeof NOT_READ = await replica
+      .run(async (db): Promise<{ value: T } | typeof NOT_READ> => {
+        if (fence.confirmed !== position) {
+          const [rows] = await db.query<RowDataPacket[]>("SELECT MASTER_GTID_WAIT(?, ?) AS waited", [position, REPLICA_WAIT_S]);
+          if (Number(rows[0].waited) !== 0) return NOT_READ;
+          fence.confirmed = position;
+        }
+        return { value: await read(db) };
+      })
+      .catch((): typeof NOT_READ => NOT_READ);
+    if (answer === NOT_READ) {
+      this.replicaReads.primary++;
+      return this.db.run(read);
+    }
+    this.replicaReads.replica++;
+    return answer.value;
   }
 
   /**
@@ -344,22 +416,27 @@ export class MySqlStore implements Store {
     }
     params.push(query.limit + 1);
     return guard(async () => {
-      const [rows] = await this.db.run((db) =>
+      // From the replica once it has this instance's own writes (read-your-writes).
+      const [rows] = await this.fenced(this.listFence, this.db.commits, (db) =>
         db.query<KeyRow[]>(`SELECT ${KEY_SELECT} FROM api_keys k WHERE ${where.join(" AND ")} ORDER BY k.seq DESC LIMIT ?`, params),
       );
       return pageOf(rows, query.limit, toKey);
     });
   }
 
-  findByHash(hash: Buffer): Promise<VerifyRecord | null> {
+  findByHash(hash: Buffer, freshness?: number): Promise<VerifyRecord | null> {
     return guard(async () => {
       // Prepared statements: the hot path skips parsing on every call. Two point lookups, each routed
       // to one shard: the hash's (key_lookup), then the organization's.
-      const rows = await this.db.run(async (db) => {
+      const find = async (db: Pick<TimedConnection, "execute">) => {
         const [found] = await db.execute<RowDataPacket[]>(LOOKUP_HASH_SQL, [hash]);
         if (found.length === 0) return [];
         return (await db.execute<VerifyRow[]>(FIND_BY_HASH_SQL, [found[0].organization_id, hash]))[0];
-      });
+      };
+      let rows = await this.fenced(this.verifyFence, freshness ?? null, find);
+      // A key the replica does not have yet (created a moment ago) is asked of the primary: not found is
+      // cached, and must not be for a key that exists.
+      if (rows.length === 0 && this.replica !== null && freshness !== undefined) rows = await this.db.run(find);
       if (rows.length === 0) return null;
       const row = rows[0];
       return {
