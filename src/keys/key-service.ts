@@ -13,6 +13,7 @@ import {
   type ListKeysResponse,
   ListKeysResponseSchema,
   type RevokeKeyRequest,
+  type Role,
   type RevokeKeyResponse,
   RevokeKeyResponseSchema,
   type RevokeKeysRequest,
@@ -100,6 +101,7 @@ export class KeyService {
       expireTime = now + ttl;
     }
     requireRole(this.policy, "create", actor.role, "creating a key");
+    const enrollRole = await this.creatorEnrollment(orgId, actor);
 
     const secret = generateSecret(prefix);
     const key: KeyRecord = {
@@ -126,19 +128,61 @@ export class KeyService {
     const result = await this.store.createKey({
       key,
       hash: this.hasher.hash(secret),
-      creatorRole: actor.role,
+      enrollRole,
       // Idempotency is per caller: two callers never collide on a request id.
       requestId: requestId === "" ? "" : `${call.caller}/${requestId}`,
       audit: auditEvent(call, actor, orgId, "key.create", now, key.id, projectId ? { project_id: projectId } : {}),
     });
-    // The actor's role is recorded as the creator's current role. Only when that changed the membership may
-    // instances hold the creator's other keys with an older role; a broadcast on every create would cost each
-    // CreateKey a Redis round trip, every instance's ack and a scan of every instance's cache, for nothing.
+    // A request id already used: the key made then, but only to whom may see it (a user replaying another
+    // user's request id learns nothing of that key, not even its id).
+    if (!result.created && result.key.createdBy !== actor.userId && !mayViewAll(this.policy, actor.role)) {
+      throw new ApiError(Status.ALREADY_EXISTS, "REQUEST_ID_USED", "request_id was already used for another user's request; use a new one", {
+        field: "request_id",
+      });
+    }
+    // Only when the creator was added as a member may instances hold their other keys as a non-member's; a
+    // broadcast on every create would cost each CreateKey a Redis round trip, every instance's ack and a scan
+    // of every instance's cache, for nothing.
     if (result.memberChanged) await this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId: actor.userId });
     return create(CreateKeyResponseSchema, {
       key: toApiKey(result.key, now),
       secret: result.created ? secret : "",
     });
+  }
+
+  /**
+   * Membership changes only through OrganizationService; a key acts as its
+   * creator's stored role. So a CreateKey never changes a member's role: a
+   * stale or inflated claim (a demoted user's old OWNER) neither restores it
+   * nor passes the create rule, which the stored role must meet too. A
+   * creator who is not a member is added (with the claimed role, at most
+   * KEY_POLICY enroll) only when the policy allows it and the user was never
+   * removed: one who has keys here but no membership was removed, and their
+   * suspended keys must stay suspended until OrganizationService adds them.
+   * Returns the role to add the creator with, or null when they are a member.
+   */
+  private async creatorEnrollment(orgId: string, actor: { userId: string; role: Role }): Promise<Role | null> {
+    const member = await this.store.getMember(orgId, actor.userId);
+    if (member !== null) return this.asMember(member.role);
+    const enroll = this.policy.enroll;
+    if (enroll === null) {
+      throw notAMember(`user ${actor.userId} is not a member of the organization: add them with OrganizationService.SetMemberRole (KEY_POLICY enroll=none)`);
+    }
+    const earlier = await this.store.listKeys({ organizationId: orgId, projectId: "", createdBy: actor.userId, showRevoked: true, after: null, limit: 1 });
+    if (earlier.items.length > 0) {
+      // A key and its creator's membership are written together: a first key committed since the read above
+      // (a concurrent first CreateKey) comes with its membership; only a removal leaves keys without one.
+      const now = await this.store.getMember(orgId, actor.userId);
+      if (now !== null) return this.asMember(now.role);
+      throw notAMember(`user ${actor.userId} was removed from the organization: add them again with OrganizationService.SetMemberRole`);
+    }
+    return Math.min(actor.role, enroll) as Role;
+  }
+
+  /** A member creates keys by their stored role, whatever the caller claims for them. */
+  private asMember(stored: Role): null {
+    requireRole(this.policy, "create", stored, "creating a key (by the actor's role in the organization)");
+    return null;
   }
 
   async listKeys(req: ListKeysRequest, _call: CallContext): Promise<ListKeysResponse> {
@@ -204,11 +248,16 @@ export class KeyService {
           patch.limits = checkLimits("limits", req.limits);
           break;
         default:
-          throw invalidArgument("update_mask", `unknown path "${path}" (allowed: ${[...UPDATABLE].join(", ")})`);
+          // Not echoed: a path is whatever the client sent (a secret pasted into the wrong field, say).
+          throw invalidArgument("update_mask", `has an unknown path (allowed: ${[...UPDATABLE].join(", ")})`);
       }
     }
     const key = await this.findKey(orgId, keyId);
     requireMayChange(this.policy, actor.userId, actor.role, key.createdBy, "updating a key");
+    // Limits and metadata (plans, tiers) are a privilege of their own: owning a key is not enough to lift them.
+    if (patch.limits !== undefined || patch.metadata !== undefined) {
+      requireRole(this.policy, "update_limits", actor.role, "changing a key's limits or metadata");
+    }
     if (key.revokeTime !== null) throw keyRevoked(keyId, "updated");
     const audit = auditEvent(call, actor, orgId, "key.update", now, keyId, { fields: paths.join(",") });
     const invalidation: Invalidation = { kind: "keys", keyIds: [keyId] };
@@ -307,6 +356,10 @@ export class KeyService {
     if (!key) throw keyNotFound(keyId);
     return key;
   }
+}
+
+function notAMember(message: string): ApiError {
+  return new ApiError(Status.PERMISSION_DENIED, "NOT_A_MEMBER", message);
 }
 
 function keyRevoked(keyId: string, verb: string): ApiError {

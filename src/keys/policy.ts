@@ -1,12 +1,22 @@
-// The management policy: which role may create, see and revoke keys. One
-// deployment serves one product, so the policy is configuration (KEY_POLICY).
+// The management policy: which role may create, see, change and revoke keys,
+// and whether creating a key makes its creator a member. One deployment serves
+// one product, so the policy is configuration (KEY_POLICY).
 import { Role } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { ApiError, Status } from "./errors.js";
 
-export type PolicyRule = "create" | "view_all" | "revoke_any" | "revoke_own";
-export type KeyPolicy = Record<PolicyRule, Role>;
+/** Rules naming the least role that may do something. */
+export type PolicyRule = "create" | "view_all" | "revoke_any" | "revoke_own" | "update_limits";
+export type KeyPolicy = Record<PolicyRule, Role> & {
+  /**
+   * What CreateKey does for a creator who is not a member of the organization:
+   * adds them with the role the caller states for its actor, but at most this
+   * one; null ("enroll=none"): refuses, so that membership comes only from
+   * OrganizationService. Never applies to a removed member (see KeyService.createKey).
+   */
+  enroll: Role | null;
+};
 
-const RULES: PolicyRule[] = ["create", "view_all", "revoke_any", "revoke_own"];
+const RULES: PolicyRule[] = ["create", "view_all", "revoke_any", "revoke_own", "update_limits"];
 const ROLE_NAMES: Record<string, Role> = {
   viewer: Role.VIEWER,
   member: Role.MEMBER,
@@ -31,7 +41,7 @@ export function parseRoleAliases(text: string): RoleAliases {
   return aliases;
 }
 
-export const DEFAULT_POLICY = "create=member,view_all=admin,revoke_any=admin,revoke_own=member";
+export const DEFAULT_POLICY = "create=member,view_all=admin,revoke_any=admin,revoke_own=member,update_limits=admin,enroll=owner";
 
 /** Parses "create=member,view_all=admin,…"; rules not named keep their defaults. Roles may be named by their aliases. */
 export function parsePolicy(text: string, aliases: RoleAliases = {}): KeyPolicy {
@@ -40,20 +50,27 @@ export function parsePolicy(text: string, aliases: RoleAliases = {}): KeyPolicy 
     view_all: Role.ADMIN,
     revoke_any: Role.ADMIN,
     revoke_own: Role.MEMBER,
+    // Limits and metadata (where plans and tiers live) are the product's to set, not every key owner's.
+    update_limits: Role.ADMIN,
+    enroll: Role.OWNER,
   };
   for (const part of text.split(",").map((p) => p.trim()).filter(Boolean)) {
     const pair = part.split("=").map((s) => s.trim().toLowerCase());
     if (pair.length !== 2) throw new Error(`KEY_POLICY: "${part}" is not rule=role (e.g. create=member)`);
     const [rule, role] = pair;
-    if (!RULES.includes(rule as PolicyRule)) {
-      throw new Error(`KEY_POLICY: unknown rule "${rule}" (expected one of ${RULES.join(", ")})`);
+    if (rule === "enroll" && role === "none") {
+      policy.enroll = null;
+      continue;
+    }
+    if (rule !== "enroll" && !RULES.includes(rule as PolicyRule)) {
+      throw new Error(`KEY_POLICY: unknown rule "${rule}" (expected one of ${[...RULES, "enroll"].join(", ")})`);
     }
     // Own properties only: "toString" or "constructor" are not roles.
     const names = Object.hasOwn(ROLE_NAMES, role) ? ROLE_NAMES : Object.hasOwn(aliases, role) ? aliases : null;
     if (names === null) {
       throw new Error(`KEY_POLICY: unknown role "${role}" for ${rule} (expected viewer, member, admin or owner${aliasList(aliases)})`);
     }
-    policy[rule as PolicyRule] = names[role];
+    policy[rule as PolicyRule | "enroll"] = names[role];
   }
   return policy;
 }
@@ -68,7 +85,7 @@ export function roleName(role: Role): string {
 }
 
 export function formatPolicy(policy: KeyPolicy): string {
-  return RULES.map((r) => `${r}=${roleName(policy[r])}`).join(",");
+  return [...RULES.map((r) => `${r}=${roleName(policy[r])}`), `enroll=${policy.enroll === null ? "none" : roleName(policy.enroll)}`].join(",");
 }
 
 /** Throws PERMISSION_DENIED naming the rule when `role` is below what `rule` needs. */

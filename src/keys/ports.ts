@@ -20,8 +20,13 @@ export interface NewKey {
   key: KeyRecord;
   /** HMAC of the secret. */
   hash: Buffer;
-  /** The creator's role as reported by the caller; recorded as the member's current role. */
-  creatorRole: Role;
+  /**
+   * The role the creator is added with if not a member of the organization
+   * yet; null: a creator who is not a member stays none. A member's stored
+   * role is never changed by a create: membership changes only through
+   * OrganizationService (see KeyService.createKey).
+   */
+  enrollRole: Role | null;
   /** Idempotency scope, e.g. "<caller>/<request_id>"; empty for none. */
   requestId: string;
   audit: AuditRecord;
@@ -146,8 +151,8 @@ export interface CreatedKey {
   /** False when an earlier create with the same requestId is returned instead. */
   created: boolean;
   /**
-   * Whether recording creatorRole changed the membership (a new member, or a
-   * different role), so that caches holding the creator's keys must be told.
+   * Whether the creator was added as a member (with enrollRole), so that
+   * caches holding the creator's keys (as a non-member's) must be told.
    * Always false when created is false.
    */
   memberChanged: boolean;
@@ -166,8 +171,8 @@ export interface Store {
   close(): Promise<void>;
 
   /**
-   * Inserts the key, its secret hash, the creator's membership (upserted to
-   * creatorRole), the organization (created enabled if new) and the audit event.
+   * Inserts the key, its secret hash, the creator's membership (only if absent,
+   * with enrollRole), the organization (created enabled if new) and the audit event.
    * With a requestId already used in the organization, inserts nothing and
    * returns the key created first with created=false.
    */
@@ -204,6 +209,8 @@ export interface Store {
   /** Revokes every unrevoked key createdBy made in the organization; returns their ids. */
   revokeKeysCreatedBy(command: RevokeKeysCommand): Promise<ChangedKeys>;
 
+  /** A user's membership of an organization; null when not a member. */
+  getMember(organizationId: string, userId: string): Promise<MemberRecord | null>;
   setMemberRole(command: SetMemberRoleCommand): Promise<MemberRecord>;
   /** Removes the membership (idempotent); with revokeKeys also revokes the member's keys. */
   removeMember(command: RemoveMemberCommand): Promise<ChangedKeys>;

@@ -92,8 +92,8 @@ export class MemoryStore implements Store {
     if (!this.organizations.has(key.organizationId)) {
       this.organizations.set(key.organizationId, { id: key.organizationId, apiAccessEnabled: true, updateTime: key.createTime });
     }
-    const memberChanged = this.members.get(pairKey(key.organizationId, key.createdBy))?.role !== input.creatorRole;
-    if (memberChanged) this.upsertMember(key.organizationId, key.createdBy, input.creatorRole, key.createTime);
+    const memberChanged = input.enrollRole !== null && !this.members.has(pairKey(key.organizationId, key.createdBy));
+    if (memberChanged) this.upsertMember(key.organizationId, key.createdBy, input.enrollRole!, key.createTime);
     this.addAudit(input.audit);
     return { key: copy(stored.record), created: true, memberChanged };
   }
@@ -186,6 +186,11 @@ export class MemoryStore implements Store {
     this.addAudit(audit);
     this.addOutbox(audit, invalidation);
     return changed;
+  }
+
+  async getMember(organizationId: string, userId: string): Promise<MemberRecord | null> {
+    const member = this.members.get(pairKey(organizationId, userId));
+    return member === undefined ? null : { ...member };
   }
 
   async setMemberRole({ organizationId, userId, role, now, audit, invalidation }: SetMemberRoleCommand): Promise<MemberRecord> {

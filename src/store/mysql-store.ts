@@ -564,6 +564,16 @@ export class MySqlStore implements Store {
     );
   }
 
+  getMember(organizationId: string, userId: string): Promise<MemberRecord | null> {
+    return guard(async () => {
+      const [rows] = await this.db.run((db) =>
+        db.query<RowDataPacket[]>("SELECT role, update_time FROM members WHERE organization_id = ? AND user_id = ?", [organizationId, userId]),
+      );
+      if (rows.length === 0) return null;
+      return { organizationId, userId, role: Number(rows[0].role), updateTime: (rows[0].update_time as Date).getTime() };
+    });
+  }
+
   setMemberRole({ organizationId, userId, role, now, audit, invalidation }: SetMemberRoleCommand): Promise<MemberRecord> {
     return guard(() =>
       this.db.transaction(async (conn) => {
@@ -813,11 +823,11 @@ async function insertKeys(tx: Transaction, inputs: NewKey[]): Promise<Omit<Creat
   // Rows are locked in one order (organization, user) by every batch, so concurrent batches never deadlock.
   const byCreator = [...inputs].sort((a, b) => compareCreators(a.key, b.key));
   const creators = byCreator.map((input) => [input.key.organizationId, input.key.createdBy]);
-  // The creators' roles before this call: if one changes, instances may hold that creator's keys with the old one.
-  // A locking read: it waits for a concurrent change of a creator's role and reads what that change wrote (a
-  // plain read would see the role from before it, and take putting the role back for no change). Under read
-  // committed a creator without a row yet locks no gap, so new creators' first creates do not deadlock; two
-  // such creates of one creator both read no row and both say changed, at worst one broadcast too many.
+  // The creators' memberships before this call: a creator added now may have keys instances hold as a
+  // non-member's. A locking read: it waits for a concurrent change of a creator's membership and reads what
+  // that change wrote. Under read committed a creator without a row yet locks no gap, so new creators' first
+  // creates do not deadlock; two such creates of one creator both read no row and both say added, at worst one
+  // broadcast too many.
   const before = tx.later<RowDataPacket[]>(
     `SELECT organization_id, user_id, role FROM members WHERE ${creators.map(() => "(organization_id = ? AND user_id = ?)").join(" OR ")} FOR UPDATE`,
     creators.flat(),
@@ -833,23 +843,26 @@ async function insertKeys(tx: Transaction, inputs: NewKey[]): Promise<Omit<Creat
     `INSERT IGNORE INTO organizations (id, api_access_enabled, update_time) VALUES ${list(byId.length, "(?, TRUE, ?)")}`,
     byId.flatMap(([id, time]) => [id, toDate(time)]),
   );
-  // Each member row as its creator's current role (in order: the batch's last create of a creator has the
-  // last word); its update time moves only when the role does.
-  tx.later(
-    `INSERT INTO members (organization_id, user_id, role, update_time) VALUES ${tuples(byCreator.length, 4)}
-     ON DUPLICATE KEY UPDATE update_time = IF(role = VALUES(role), update_time, VALUES(update_time)), role = VALUES(role)`,
-    byCreator.flatMap((input) => [input.key.organizationId, input.key.createdBy, input.creatorRole, toDate(input.key.createTime)]),
-  );
+  // A creator who is not a member yet is added with its enrollRole; an existing member's row is left as it is
+  // (membership changes only through OrganizationService). In a batch, a creator's first create has the word.
+  const enrolled = byCreator.filter((input) => input.enrollRole !== null);
+  if (enrolled.length > 0) {
+    tx.later(
+      `INSERT INTO members (organization_id, user_id, role, update_time) VALUES ${tuples(enrolled.length, 4)}
+       ON DUPLICATE KEY UPDATE user_id = user_id`,
+      enrolled.flatMap((input) => [input.key.organizationId, input.key.createdBy, input.enrollRole, toDate(input.key.createTime)]),
+    );
+  }
   insertAudits(tx, inputs.map((input) => input.audit));
   await tx.commit();
   const roles = new Map<string, number>();
   for (const row of before.result!) roles.set(creatorKey(row.organization_id as string, row.user_id as string), Number(row.role));
   return inputs.map((input) => {
     const creator = creatorKey(input.key.organizationId, input.key.createdBy);
-    const previous = roles.get(creator);
-    roles.set(creator, input.creatorRole);
+    const added = input.enrollRole !== null && !roles.has(creator);
+    if (added) roles.set(creator, input.enrollRole!);
     // Stored exactly as given (times keep their milliseconds), so no read-back is needed.
-    return { key: { ...input.key, limits: normalizeLimits(input.key.limits) }, memberChanged: previous !== input.creatorRole };
+    return { key: { ...input.key, limits: normalizeLimits(input.key.limits) }, memberChanged: added };
   });
 }
 

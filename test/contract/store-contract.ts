@@ -114,29 +114,38 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         expect(await store.getKey(org, uid("key"))).toBeNull();
       });
 
-      it("records the creator's role and an enabled organization", async () => {
+      it("adds a creator who is not a member with enrollRole, and an enabled organization", async () => {
         const org = uid("org");
-        const { input, key } = await create(org, { creatorRole: Role.ADMIN });
+        const { input, key } = await create(org, { enrollRole: Role.ADMIN });
         expect(await store.findByHash(input.hash)).toEqual({ key, secretExpireTime: null, memberRole: Role.ADMIN, orgEnabled: true });
+        expect(await store.getMember(org, "u_creator")).toMatchObject({ organizationId: org, userId: "u_creator", role: Role.ADMIN });
 
-        // The creator's next key reports a new role: the membership follows it.
-        await create(org, { creatorRole: Role.MEMBER });
-        expect((await store.findByHash(input.hash))!.memberRole).toBe(Role.MEMBER);
+        // A member's next key never changes the stored role: membership changes only through setMemberRole.
+        await create(org, { enrollRole: Role.MEMBER });
+        expect((await store.findByHash(input.hash))!.memberRole).toBe(Role.ADMIN);
+        // Without an enrollRole a creator who is not a member stays none: the key is made, and verifies as a non-member's.
+        const stranger = await create(org, { enrollRole: null, key: { createdBy: "u_stranger" } });
+        expect((await store.findByHash(stranger.input.hash))!.memberRole).toBeNull();
+        expect(await store.getMember(org, "u_stranger")).toBeNull();
       });
 
-      it("says whether recording the creator's role changed the membership", async () => {
+      it("says whether the create added its creator as a member", async () => {
         const org = uid("org");
         const memberChanged = async (options: NewKeyOptions) => (await create(org, options)).memberChanged;
-        expect(await memberChanged({ creatorRole: Role.MEMBER }), "a new member").toBe(true);
-        expect(await memberChanged({ creatorRole: Role.MEMBER }), "the same role again").toBe(false);
-        expect(await memberChanged({ creatorRole: Role.ADMIN }), "a new role").toBe(true);
+        expect(await memberChanged({ enrollRole: Role.MEMBER }), "a new member").toBe(true);
+        expect(await memberChanged({ enrollRole: Role.MEMBER }), "the same role again").toBe(false);
+        expect(await memberChanged({ enrollRole: Role.ADMIN }), "another role: not taken").toBe(false);
         await store.setMemberRole({ organizationId: org, userId: "u_creator", role: Role.VIEWER, now: T0, audit: auditRecord(org, "member.set_role") });
-        expect(await memberChanged({ creatorRole: Role.ADMIN }), "a role set in between").toBe(true);
+        expect(await memberChanged({ enrollRole: Role.ADMIN }), "a role set in between stays").toBe(false);
+        expect((await store.getMember(org, "u_creator"))!.role).toBe(Role.VIEWER);
         await store.removeMember({ organizationId: org, userId: "u_creator", revokeKeys: false, now: T0, audit: auditRecord(org, "member.remove") });
-        expect(await memberChanged({ creatorRole: Role.ADMIN }), "re-added after removal").toBe(true);
-        expect(await memberChanged({ creatorRole: Role.ADMIN, key: { createdBy: "u_other" } }), "another user").toBe(true);
-        await create(org, { requestId: "web/once", creatorRole: Role.ADMIN });
-        expect(await memberChanged({ requestId: "web/once", creatorRole: Role.OWNER }), "a retry creates nothing").toBe(false);
+        expect(await memberChanged({ enrollRole: null }), "removed, and not added back").toBe(false);
+        expect(await store.getMember(org, "u_creator")).toBeNull();
+        expect(await memberChanged({ enrollRole: Role.ADMIN }), "added back when asked to").toBe(true);
+        expect(await memberChanged({ enrollRole: Role.ADMIN, key: { createdBy: "u_other" } }), "another user").toBe(true);
+        await create(org, { requestId: "web/once", enrollRole: Role.ADMIN, key: { createdBy: "u_third" } });
+        expect(await memberChanged({ requestId: "web/once", enrollRole: Role.OWNER, key: { createdBy: "u_fourth" } }), "a retry creates nothing").toBe(false);
+        expect(await store.getMember(org, "u_fourth")).toBeNull();
       });
 
       describe("many at once", () => {
@@ -153,8 +162,8 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
         ];
 
         async function createAll(org: string, takenBy: string | null) {
-          const taken = takenBy === null ? null : await create(org, { requestId: "web/taken", key: { createdBy: takenBy }, creatorRole: Role.OWNER });
-          const inputs = plan.map(([createdBy, creatorRole, requestId]) => newKey(org, { key: { createdBy }, creatorRole, requestId }));
+          const taken = takenBy === null ? null : await create(org, { requestId: "web/taken", key: { createdBy: takenBy }, enrollRole: Role.OWNER });
+          const inputs = plan.map(([createdBy, enrollRole, requestId]) => newKey(org, { key: { createdBy }, enrollRole, requestId }));
           return { taken, inputs, results: await Promise.all(inputs.map((input) => store.createKey(input))) };
         }
 
@@ -162,13 +171,14 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
           const org = uid("org");
           const { inputs, results } = await createAll(org, null);
           expect(results.map((r) => r.created)).toEqual(plan.map(() => true));
-          expect(results.map((r) => r.memberChanged)).toEqual([true, true, true, false, true, true, false, true]);
+          // Each creator is added by its first create; later ones leave the membership as it is.
+          expect(results.map((r) => r.memberChanged)).toEqual([true, true, true, false, false, true, false, true]);
           for (const [i, input] of inputs.entries()) {
             expect(results[i].key).toEqual(input.key);
             expect(await store.getKey(org, input.key.id)).toEqual(input.key);
             expect((await store.findByHash(input.hash))!.key.id).toBe(input.key.id);
           }
-          expect((await store.findByHash(inputs[6].hash))!.memberRole).toBe(Role.ADMIN);
+          expect((await store.findByHash(inputs[6].hash))!.memberRole).toBe(Role.MEMBER);
           expect((await auditEvents(org)).map((e) => e.id).sort()).toEqual(inputs.map((i) => i.audit.id).sort());
         });
 
@@ -176,7 +186,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
           const org = uid("org");
           const { taken, inputs, results } = await createAll(org, "u_b");
           expect(results.map((r) => r.created)).toEqual([true, true, true, true, true, false, true, true]);
-          expect(results.map((r) => r.memberChanged)).toEqual([true, true, true, false, true, false, false, true]);
+          expect(results.map((r) => r.memberChanged)).toEqual([true, true, true, false, false, false, false, true]);
           expect(results[5].key).toEqual(taken!.key);
           expect(await store.findByHash(inputs[5].hash)).toBeNull();
           for (const i of [0, 1, 2, 3, 4, 6, 7]) expect(await store.getKey(org, inputs[i].key.id)).toEqual(inputs[i].key);
@@ -563,7 +573,7 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
     describe("members and organizations", () => {
       it("sets a member's role", async () => {
         const org = uid("org");
-        const { input } = await create(org, { key: { createdBy: "u_a" }, creatorRole: Role.MEMBER });
+        const { input } = await create(org, { key: { createdBy: "u_a" }, enrollRole: Role.MEMBER });
         const member = await store.setMemberRole({ organizationId: org, userId: "u_a", role: Role.VIEWER, now: T0 + 1, audit: auditRecord(org, "member.set_role") });
         expect(member).toEqual({ organizationId: org, userId: "u_a", role: Role.VIEWER, updateTime: T0 + 1 });
         expect((await store.findByHash(input.hash))!.memberRole).toBe(Role.VIEWER);

@@ -107,7 +107,7 @@ describe("npm run migrate, and a service without DDL rights", () => {
           limits: null,
         },
         hash: randomBytes(32),
-        creatorRole: Role.OWNER,
+        enrollRole: Role.OWNER,
         requestId: "",
         audit: {
           id: "evt_nodll",

@@ -55,16 +55,17 @@ export function auditRecord(organizationId: string, action: string, fields: Part
 export interface NewKeyOptions {
   key?: Partial<KeyRecord>;
   requestId?: string;
-  creatorRole?: Role;
+  /** The role a creator who is not a member yet is added with (default member); null: not added. */
+  enrollRole?: Role | null;
 }
 
-/** What CreateKey hands the store: a key of the organization, a random secret hash, the creator's role, its audit event. */
+/** What CreateKey hands the store: a key of the organization, a random secret hash, the role to add its creator with, its audit event. */
 export function newKey(organizationId: string, options: NewKeyOptions = {}): NewKey {
   const key = keyRecord({ organizationId, ...options.key });
   return {
     key,
     hash: randomBytes(32),
-    creatorRole: options.creatorRole ?? Role.MEMBER,
+    enrollRole: options.enrollRole === undefined ? Role.MEMBER : options.enrollRole,
     requestId: options.requestId ?? "",
     audit: auditRecord(organizationId, "key.create", { keyId: key.id, time: key.createTime }),
   };

@@ -68,7 +68,7 @@ describe("MySqlStore", () => {
     await store.createKey({
       key: keyRecord({ id, organizationId, name: "", preview: "sk_x…y", createdBy: "u_a", createTime: now, updateTime: now }),
       hash,
-      creatorRole: Role.MEMBER,
+      enrollRole: Role.MEMBER,
       requestId: "",
       audit: {
         id: `evt_${randomBytes(8).toString("hex")}`,
@@ -147,12 +147,12 @@ describe("MySqlStore", () => {
     }
   });
 
-  it("says a creator's role changed when another session changed it while the create waited", async () => {
+  it("never overwrites a role another session set while the create waited", async () => {
     const store = await MySqlStore.open(db.url);
     await store.migrate();
     const changer = await mysql.createConnection(db.url);
     const org = "org_role_race";
-    const keyAs = (creatorRole: Role) => newKey(org, { key: { createdBy: "u_race" }, creatorRole });
+    const keyAs = (enrollRole: Role) => newKey(org, { key: { createdBy: "u_race" }, enrollRole });
     try {
       expect((await store.createKey(keyAs(Role.MEMBER))).memberChanged).toBe(true);
       // Another session (another instance's create, say) makes the creator an admin and has not committed yet...
@@ -162,10 +162,10 @@ describe("MySqlStore", () => {
       const create = store.createKey(keyAs(Role.MEMBER));
       await sleep(200);
       await changer.query("COMMIT");
-      // It puts the role back: instances that cached the creator's keys as an admin in between must hear of it.
-      expect((await create).memberChanged).toBe(true);
+      // It waited for that change and left it as it is: membership changes only through OrganizationService.
+      expect((await create).memberChanged).toBe(false);
       const [rows] = await changer.query<RowDataPacket[]>("SELECT role FROM members WHERE organization_id = ? AND user_id = ?", [org, "u_race"]);
-      expect(Number(rows[0].role)).toBe(Role.MEMBER);
+      expect(Number(rows[0].role)).toBe(Role.ADMIN);
     } finally {
       await changer.end();
       await store.close();
@@ -181,7 +181,7 @@ describe("MySqlStore", () => {
       const org = "org_new_creators";
       const creates = stores.flatMap((store) =>
         Array.from({ length: 300 }, (_, i) =>
-          store.createKey(newKey(org, { key: { createdBy: uid("u") }, creatorRole: i % 2 === 0 ? Role.MEMBER : Role.ADMIN })),
+          store.createKey(newKey(org, { key: { createdBy: uid("u") }, enrollRole: i % 2 === 0 ? Role.MEMBER : Role.ADMIN })),
         ),
       );
       const results = await Promise.allSettled(creates);

@@ -19,12 +19,23 @@ describe("role policy", () => {
       view_all: Role.ADMIN,
       revoke_any: Role.ADMIN,
       revoke_own: Role.MEMBER,
+      update_limits: Role.ADMIN,
+      enroll: Role.OWNER,
     });
+    // The contract's four rules alone give the same policy: the new ones default safely.
+    expect(parsePolicy("create=member,view_all=admin,revoke_any=admin,revoke_own=member")).toEqual(parsePolicy(DEFAULT_POLICY));
+  });
+
+  it("parses update_limits and enroll, enroll=none included", () => {
+    expect(parsePolicy("update_limits=owner,enroll=member")).toMatchObject({ update_limits: Role.OWNER, enroll: Role.MEMBER });
+    expect(parsePolicy("enroll=none").enroll).toBeNull();
+    expect(formatPolicy(parsePolicy("enroll=none"))).toMatch(/,enroll=none$/);
+    expect(() => parsePolicy("update_limits=none")).toThrow(/unknown role "none"/);
   });
 
   it("parses Petra's, Keystroke's and Traversal's settings", () => {
     expect(formatPolicy(parsePolicy("create=admin,view_all=member,revoke_any=admin,revoke_own=admin"))).toBe(
-      "create=admin,view_all=member,revoke_any=admin,revoke_own=admin",
+      "create=admin,view_all=member,revoke_any=admin,revoke_own=admin,update_limits=admin,enroll=owner",
     );
     expect(parsePolicy("create=builder", parseRoleAliases("builder=member")).create).toBe(Role.MEMBER);
   });
