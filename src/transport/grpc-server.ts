@@ -1,20 +1,18 @@
 // gRPC over HTTP/2 with grpc-js, (de)serializing with the protobuf-es schemas.
 // Service definitions are derived from the generated descriptors, so adding an
-// RPC to the proto and a handler to a binding is all it takes.
-import { type DescMessage, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
+// RPC to the proto and a handler to a binding is all it takes. Every call goes
+// through the call pipeline both ports share (pipeline.ts); this file only
+// reads grpc-js calls and sends their answers. Why grpc-js and not
+// connect-node's HTTP/2 server for this port: docs/architecture.md.
+import { type DescMessage, type DescMethod, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { type VerifyKeyStreamResponse, VerifyKeyStreamResponseSchema } from "../../gen/apikeys/v1/apikeys_pb.js";
-import { ApiError, Status, invalidArgument } from "../keys/errors.js";
 import { encodingOf } from "../keys/answer.js";
 import type { CallerAuth } from "./auth.js";
 import type { CallObserver, ServiceBinding } from "./bindings.js";
 import { type InternalErrorSink, toGrpcError, toStatusMessage } from "./errors.js";
+import { type CallAccess, type PipelineOptions, TOO_LARGE, UNDECODABLE, invoker, methodPath, streamOpener, unreadableError } from "./pipeline.js";
 import { peerIdentities } from "./tls.js";
-
-/** Marks a request that could not be decoded, so the handler can answer INVALID_ARGUMENT. */
-const UNDECODABLE = Symbol("undecodable");
-/** Marks a request over its service's message limit (see GrpcServerOptions), answered RESOURCE_EXHAUSTED. */
-const TOO_LARGE = Symbol("too large");
 
 function toBuffer(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -153,6 +151,23 @@ export function serviceDefinition(service: DescService, maxMessageBytes = Number
   return definition;
 }
 
+type GrpcCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>;
+
+/** How the pipeline reads a grpc-js call. */
+export const GRPC_CALLS: CallAccess<GrpcCall, Partial<grpc.ServiceError>> = {
+  protocol: "grpc",
+  authorization(call) {
+    const header = call.metadata.get("authorization");
+    return header.length > 0 ? String(header[0]) : undefined;
+  },
+  peer: peerIdentities,
+  cancelled: (call) => call.cancelled,
+  expired: (call) => Number(call.getDeadline()) <= Date.now(),
+  headers: (call) => call.metadata,
+  toError: toGrpcError,
+  code: (error) => error.code as number,
+};
+
 export function addBinding(
   server: grpc.Server,
   binding: ServiceBinding,
@@ -162,62 +177,17 @@ export function addBinding(
 ): void {
   const definition = serviceDefinition(binding.service, binding.maxMessageBytes ?? messageLimits.get(server) ?? Number.POSITIVE_INFINITY);
   const implementation: grpc.UntypedServiceImplementation = {};
+  const options: PipelineOptions = { auth, onInternal, observer };
   for (const method of binding.service.methods) {
-    const path = definition[method.localName].path;
-    const handler = binding.handlers[method.localName] as (req: unknown, call: unknown) => unknown;
-    const access = binding.access(method.localName);
     if (method.methodKind === "bidi_streaming") {
-      implementation[method.localName] = answeringStream(binding, path, handler, access, auth, onInternal, observer);
+      implementation[method.localName] = answeringStream(binding, method, options);
       continue;
     }
-    implementation[method.localName] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-      const startedAt = performance.now();
-      let callerName = "";
-      const fail = (err: unknown) => {
-        const status = toGrpcError(err, path, onInternal);
-        observer.finished(path, status.code as number, startedAt, callerName, "grpc", call.metadata);
-        callback(status);
-      };
-      let result: unknown;
-      try {
-        // Authentication first: an unknown caller learns nothing, not even whether its request was well-formed.
-        const header = call.metadata.get("authorization");
-        const caller = auth.authorize(header.length > 0 ? String(header[0]) : undefined, access, () => peerIdentities(call));
-        callerName = caller.name;
-        const request = call.request;
-        if (request === UNDECODABLE || request === TOO_LARGE) {
-          result = unreadable(binding, request);
-        } else {
-          // A call the client gave up on, or whose deadline passed while it waited (a late event loop), must not start writing.
-          if (call.cancelled) throw notStarted(Status.CANCELLED, "the client cancelled the call");
-          if (Number(call.getDeadline()) <= Date.now()) throw notStarted(Status.DEADLINE_EXCEEDED, "the call's deadline passed");
-          result = handler(request, caller.context);
-        }
-      } catch (err) {
-        fail(err);
-        return;
-      }
-      if (result instanceof Promise) {
-        result.then((res) => {
-          observer.finished(path, 0, startedAt, callerName, "grpc", call.metadata);
-          callback(null, res);
-        }, fail);
-      } else {
-        observer.finished(path, 0, startedAt, callerName, "grpc", call.metadata);
-        callback(null, result);
-      }
-    };
+    const invoke = invoker(GRPC_CALLS, binding, method, options);
+    implementation[method.localName] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) =>
+      invoke(call, call.request, callback);
   }
   server.addService(definition, implementation);
-}
-
-/** What a request that could not be read gets: the binding's own answer (ext_authz: a denial), or an error. */
-function unreadable(binding: ServiceBinding, request: typeof UNDECODABLE | typeof TOO_LARGE): unknown {
-  if (binding.unreadable !== undefined) return binding.unreadable();
-  if (request === TOO_LARGE) {
-    throw new ApiError(Status.RESOURCE_EXHAUSTED, "MESSAGE_TOO_LARGE", "the request is larger than the server accepts (MAX_MESSAGE_BYTES)");
-  }
-  throw invalidArgument("request", "is not a valid protobuf message");
 }
 
 /**
@@ -238,30 +208,16 @@ export const STREAM_MAX_IN_FLIGHT = 256;
  * answer is out, with the client's cancellation, or at its deadline (grpc-js
  * ends it with DEADLINE_EXCEEDED); answers to requests still in flight then are dropped.
  */
-function answeringStream(
-  binding: ServiceBinding,
-  path: string,
-  handler: (req: unknown, call: unknown) => unknown,
-  access: ReturnType<ServiceBinding["access"]>,
-  auth: CallerAuth,
-  onInternal: InternalErrorSink,
-  observer: CallObserver,
-) {
+function answeringStream(binding: ServiceBinding, method: DescMethod, options: PipelineOptions) {
+  const { onInternal, observer } = options;
+  const path = methodPath(binding, method);
+  const handler = binding.handlers[method.localName] as (req: unknown, call: unknown) => unknown;
+  const open = streamOpener(GRPC_CALLS, binding, method, options);
   return (call: grpc.ServerDuplexStream<unknown, unknown>) => {
-    const startedAt = performance.now();
-    let callerName = "";
-    let context: unknown;
-    try {
-      const header = call.metadata.get("authorization");
-      const caller = auth.authorize(header.length > 0 ? String(header[0]) : undefined, access, () => peerIdentities(call));
-      callerName = caller.name;
-      context = caller.context;
-    } catch (err) {
-      const status = toGrpcError(err, path, onInternal);
-      observer.finished(path, status.code as number, startedAt, callerName, "grpc", call.metadata);
-      call.emit("error", status);
-      return;
-    }
+    const caller = open(call, (error) => call.emit("error", error));
+    if (caller === null) return;
+    const callerName = caller.name;
+    const context = caller.context;
     let inFlight = 0;
     let blocked = false; // the client is not reading our answers fast enough
     let halfClosed = false;
@@ -291,13 +247,7 @@ function answeringStream(
       if (req === UNDECODABLE || req === TOO_LARGE) {
         // Not a request whose id could be echoed: the stream ends with the error.
         over = true;
-        let why: unknown;
-        try {
-          unreadable({ ...binding, unreadable: undefined }, req);
-        } catch (err) {
-          why = err;
-        }
-        const status = toGrpcError(why, path, onInternal);
+        const status = toGrpcError(unreadableError(req), path, onInternal);
         observer.finished(path, status.code as number, performance.now(), callerName, "grpc", call.metadata);
         call.emit("error", status);
         return;
@@ -334,10 +284,6 @@ function answeringStream(
 
 function errorAnswer(correlationId: number, error: ReturnType<typeof toStatusMessage>): VerifyKeyStreamResponse {
   return { $typeName: "apikeys.v1.VerifyKeyStreamResponse", correlationId, result: { case: "error", value: error } };
-}
-
-function notStarted(code: typeof Status.CANCELLED | typeof Status.DEADLINE_EXCEEDED, why: string): ApiError {
-  return new ApiError(code, code === Status.CANCELLED ? "CANCELLED" : "DEADLINE_EXCEEDED", `${why} before it started; nothing was done`);
 }
 
 /** Binds and starts listening; resolves with the bound port (useful with port 0). */

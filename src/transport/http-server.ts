@@ -1,11 +1,15 @@
 // The HTTP port: the same services over the Connect protocol (JSON and
-// binary) and gRPC-Web, plus plain HTTP endpoints (health, metrics).
+// binary) and gRPC-Web, plus plain HTTP endpoints (health, metrics). Every
+// call goes through the call pipeline both ports share (pipeline.ts); this
+// file only reads connect-node's handler contexts.
 import * as http from "node:http";
-import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
+import type { DescMethod } from "@bufbuild/protobuf";
+import type { ConnectError, ConnectRouter, HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { CallerAuth } from "./auth.js";
 import type { CallObserver, ServiceBinding } from "./bindings.js";
 import { type InternalErrorSink, toConnectError, toStatusMessage } from "./errors.js";
+import { type CallAccess, type PipelineOptions, invoker, methodPath, streamOpener } from "./pipeline.js";
 
 /** A plain HTTP endpoint: answers and returns true, or returns false to pass. */
 export type HttpEndpoint = (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
@@ -19,34 +23,40 @@ export interface HttpServerOptions {
   observer: CallObserver;
 }
 
-function routes(bindings: ServiceBinding[], auth: CallerAuth, onInternal: InternalErrorSink, observer: CallObserver) {
+/** The HTTP port has no client certificates (TLS, where wanted, ends in front of it). */
+const NO_CERTIFICATE: readonly string[] = Object.freeze([]);
+
+/** connect-node answers at the deadline by its own timer; this also catches a call whose deadline passed before the handler ran. */
+function expired(ctx: HandlerContext): boolean {
+  const left = ctx.timeoutMs();
+  return left !== undefined && left <= 0;
+}
+
+/** How the pipeline reads a connect-node call. */
+export const CONNECT_CALLS: CallAccess<HandlerContext, ConnectError> = {
+  protocol: "connect",
+  authorization: (ctx) => ctx.requestHeader.get("authorization") ?? undefined,
+  peer: () => NO_CERTIFICATE,
+  // The signal also aborts at the deadline: that is the deadline, not a cancellation.
+  cancelled: (ctx) => ctx.signal.aborted && !expired(ctx),
+  expired,
+  headers: (ctx) => ctx.requestHeader,
+  toError: toConnectError,
+  code: (error) => error.code,
+};
+
+function routes(bindings: ServiceBinding[], options: PipelineOptions) {
   return (router: ConnectRouter) => {
     for (const binding of bindings) {
       const impl: Record<string, (req: never, ctx: HandlerContext) => unknown> = {};
       for (const method of binding.service.methods) {
-        const handler = binding.handlers[method.localName] as (req: unknown, call: unknown) => unknown;
-        const access = binding.access(method.localName);
-        const path = `/${binding.service.typeName}/${method.name}`;
         if (method.methodKind === "bidi_streaming") {
-          impl[method.localName] = (reqs: AsyncIterable<unknown>, ctx: HandlerContext) =>
-            answeringStream(path, handler, reqs, ctx, access, auth, onInternal, observer);
+          impl[method.localName] = answeringStream(binding, method, options);
           continue;
         }
-        impl[method.localName] = async (req: unknown, ctx: HandlerContext) => {
-          const startedAt = performance.now();
-          let callerName = "";
-          try {
-            const caller = auth.authorize(ctx.requestHeader.get("authorization") ?? undefined, access);
-            callerName = caller.name;
-            const res = await handler(req, caller.context);
-            observer.finished(path, 0, startedAt, callerName, "connect", ctx.requestHeader);
-            return res;
-          } catch (err) {
-            const error = toConnectError(err, path, onInternal);
-            observer.finished(path, error.code, startedAt, callerName, "connect", ctx.requestHeader);
-            throw error;
-          }
-        };
+        const invoke = invoker(CONNECT_CALLS, binding, method, options);
+        impl[method.localName] = (req: unknown, ctx: HandlerContext) =>
+          new Promise((resolve, reject) => invoke(ctx, req, (error, answer) => (error === null ? resolve(answer) : reject(error))));
       }
       router.service(binding.service, impl as never);
     }
@@ -59,24 +69,26 @@ function routes(bindings: ServiceBinding[], auth: CallerAuth, onInternal: Intern
  * per request, in order. The gRPC port's stream (grpc-server.ts) is the one
  * built for throughput; this one keeps the API the same on both ports.
  */
-async function* answeringStream(
+function answeringStream(binding: ServiceBinding, method: DescMethod, options: PipelineOptions) {
+  const path = methodPath(binding, method);
+  const handler = binding.handlers[method.localName] as (req: unknown, call: unknown) => unknown;
+  const open = streamOpener(CONNECT_CALLS, binding, method, options);
+  return (reqs: AsyncIterable<unknown>, ctx: HandlerContext) => answers(path, handler, open, reqs, ctx, options);
+}
+
+async function* answers(
   path: string,
   handler: (req: unknown, call: unknown) => unknown,
+  open: ReturnType<typeof streamOpener<HandlerContext, ConnectError>>,
   reqs: AsyncIterable<unknown>,
   ctx: HandlerContext,
-  access: ReturnType<ServiceBinding["access"]>,
-  auth: CallerAuth,
-  onInternal: InternalErrorSink,
-  observer: CallObserver,
+  { onInternal, observer }: PipelineOptions,
 ): AsyncGenerator<unknown> {
-  let caller;
-  try {
-    caller = auth.authorize(ctx.requestHeader.get("authorization") ?? undefined, access);
-  } catch (err) {
-    const error = toConnectError(err, path, onInternal);
-    observer.finished(path, error.code, performance.now(), "", "connect", ctx.requestHeader);
-    throw error;
-  }
+  let refused: ConnectError | null = null;
+  const caller = open(ctx, (error) => {
+    refused = error;
+  });
+  if (caller === null) throw refused;
   for await (const req of reqs) {
     const startedAt = performance.now();
     const id = (req as { correlationId: number }).correlationId;
@@ -94,7 +106,7 @@ async function* answeringStream(
 
 export function createHttpServer(options: HttpServerOptions): http.Server {
   const connect = connectNodeAdapter({
-    routes: routes(options.bindings, options.auth, options.onInternal, options.observer),
+    routes: routes(options.bindings, options),
     readMaxBytes: options.maxMessageBytes,
     fallback: (req, res) => {
       for (const endpoint of options.endpoints) if (endpoint(req as http.IncomingMessage, res as http.ServerResponse)) return;
