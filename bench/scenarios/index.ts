@@ -7,6 +7,7 @@ import { cold } from "./cold.js";
 import { createKeys } from "./create.js";
 import type { Bench, MainService } from "./harness.js";
 import { limits } from "./limits.js";
+import { limitsCluster } from "./limits-cluster.js";
 import { memory } from "./memory.js";
 import { negative } from "./negative.js";
 import { revoke } from "./revoke.js";
@@ -18,6 +19,7 @@ export const SCENARIOS = {
   cached,
   workers,
   limits,
+  "limits-cluster": limitsCluster,
   cold,
   negative,
   create: createKeys,
