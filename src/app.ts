@@ -113,7 +113,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   });
   const invalidator: Invalidator = outbox;
   const lastUsed = new LastUsedTracker(store, config.lastUsedFlushMs, (err) =>
-    logger.warn({ err: String(err) }, "writing last-used times failed; will retry"),
+    logger.warn({ err }, "writing last-used times failed; will retry"),
   );
   const keys = new KeyService({ store, hasher, policy: config.policy, invalidator, defaultPrefix: config.defaultPrefix, now });
   const organizations = new OrganizationService({ store, policy: config.policy, invalidator, now });

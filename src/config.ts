@@ -175,6 +175,15 @@ function parseCallers(raw: string | undefined): CallerConfig[] {
   });
 }
 
+/** 127.0.0.0/8, ::1 (also as ::ffff:127.x) or localhost: never 0.0.0.0, ::, a name or another interface. */
+function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  if (h === "localhost" || h === "::1" || h === "0:0:0:0:0:0:0:1") return true;
+  const v4 = h.startsWith("::ffff:") ? h.slice(7) : h;
+  const octets = v4.split(".");
+  return octets.length === 4 && octets[0] === "127" && octets.every((o) => /^\d{1,3}$/.test(o) && Number(o) <= 255);
+}
+
 /**
  * Why a caller token is too easy to guess, or null. A token is a password
  * nobody types: it should be random, long and drawn from a wide alphabet.
@@ -341,9 +350,14 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
       "CALLERS is not set: refusing to start an identity service anyone can call. Set CALLERS, or ALLOW_UNAUTHENTICATED_CALLERS=true on a trusted network.",
     );
   }
+  const host = env.HOST || "127.0.0.1";
+  // Dev mode has no pepper of its own, no callers and demo data: reachable from this machine only.
+  if (dev && !isLoopback(host)) {
+    throw new ConfigError(`HOST must be a loopback address in dev mode (127.0.0.1, ::1 or localhost), got "${host}": dev mode lets anyone call it`);
+  }
   return {
     dev,
-    host: env.HOST || "127.0.0.1",
+    host,
     grpcPort: int(env, "GRPC_PORT", 50051, 0, 65535),
     httpPort: int(env, "HTTP_PORT", 8080, 0, 65535),
     mysqlUrl: mysqlUrl(env),

@@ -77,7 +77,7 @@ export class InvalidationOutbox implements Invalidator {
       if (rows.length > 0) logger.info({ rows: rows.length }, "published invalidations whose own broadcast had failed");
       await this.deleteAnnounced();
     } catch (err) {
-      logger.warn({ err: err instanceof Error ? err.message : String(err) }, "the invalidation outbox round failed; will retry");
+      logger.warn({ err }, "the invalidation outbox round failed; will retry");
     }
   }
 

@@ -94,18 +94,20 @@ export function isWellFormed(key: string): boolean {
   return true;
 }
 
-// The tail of a key: "_", 32 random and 6 checksum base62 characters, not followed by more.
-const KEY_TAIL = /_[0-9A-Za-z]{38}(?![0-9A-Za-z])/g;
+// Where a key's tail may start: a "_" followed by at least 38 base62 characters (32 random, 6 checksum). A
+// lookahead, so that every "_" is tried and nothing after the 38 characters matters: a key followed directly by
+// a letter or digit ("…q2Lkx") is still a key, and so is one inside a longer run of them.
+const KEY_TAIL_START = /_(?=[0-9A-Za-z]{38})/g;
 
 /**
  * True when `value` contains a well-formed key anywhere in it, so that text
  * headed for storage or logs can be kept free of secrets. The checksum makes a
- * false alarm about one in four billion.
+ * false alarm about one in four billion per candidate.
  */
 export function containsSecret(value: string): boolean {
   if (value.length < TAIL_LENGTH + 2) return false;
-  for (const m of value.matchAll(KEY_TAIL)) {
-    const end = m.index + m[0].length;
+  for (const m of value.matchAll(KEY_TAIL_START)) {
+    const end = m.index + 1 + TAIL_LENGTH;
     for (let start = Math.max(0, m.index - MAX_PREFIX_LENGTH); start < m.index; start++) {
       if (isWellFormed(value.slice(start, end))) return true;
     }

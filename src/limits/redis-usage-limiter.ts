@@ -190,7 +190,7 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
       })
       .catch((err) => {
         for (const [k, organizationId] of batch) if (!this.dirty.has(k)) this.dirty.set(k, organizationId);
-        this.logger.warn({ err: String(err), counters: batch.size }, "saving consumed credits failed; will retry");
+        this.logger.warn({ err, counters: batch.size }, "saving consumed credits failed; will retry");
       })
       .finally(() => {
         this.flushing = null;

@@ -245,8 +245,26 @@ class PipelinedTransaction implements Transaction {
 }
 
 /** A pool with the options every user of it needs: UTC times, the schema's collation, exact big numbers. */
+/**
+ * Every session's sql_mode, set by the pool on each new connection: values
+ * reach SQL escaped on the client (mysql2 formats `query` values itself, and
+ * transactions send formatted batches), which is safe only while backslash is
+ * an escape character. A server whose default sql_mode has
+ * NO_BACKSLASH_ESCAPES (or ANSI_QUOTES) would let a name such as
+ * `\'; UPDATE …` end its string and run statements of its own; so the
+ * service never relies on the server's default. The rest is the usual strict
+ * default of MySQL and MariaDB.
+ */
+export const SESSION_SQL_MODE = "STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION";
+
+/** The callback-style connection mysql2's pool hands to its "connection" listeners. */
+interface NewConnection {
+  query(sql: string, callback: (err: Error | null) => void): void;
+  destroy(): void;
+}
+
 export function createPool(url: string, connectionLimit: number, pipelining = true): Pool {
-  return mysql.createPool({
+  const pool = mysql.createPool({
     uri: url,
     connectionLimit,
     connectTimeout: CONNECT_TIMEOUT_MS,
@@ -265,6 +283,15 @@ export function createPool(url: string, connectionLimit: number, pipelining = tr
     // keep the driver's own stack.
     trace: false,
   });
+  // Queued on the connection before the pool hands it out, so it is the session's first statement. A
+  // connection that cannot take it is dropped: its first user fails (UNAVAILABLE), and never runs unsafe.
+  pool.on("connection", (connection) => {
+    const conn = connection as unknown as NewConnection;
+    conn.query(`SET SESSION sql_mode = '${SESSION_SQL_MODE}'`, (err) => {
+      if (err) conn.destroy();
+    });
+  });
+  return pool;
 }
 
 /** Why a call that waited QUERY_TIMEOUT_MS for a connection gives up (databaseUnavailable says yes to it). */

@@ -38,4 +38,16 @@ describe("dev mode", () => {
     proc.kill("SIGINT");
     expect(await exited).toBe(0);
   });
+
+  it("refuses to listen on anything but loopback: it would serve anyone a demo key and every right", async () => {
+    const refused = await run(process.execPath, ["--import", "tsx", "src/main.ts", "--dev"], {
+      env: { ...process.env, HOST: "0.0.0.0", GRPC_PORT: "0", HTTP_PORT: "0", LOG_LEVEL: "warn" },
+      timeout: 20_000,
+    }).then(
+      () => ({ code: 0, stderr: "" }),
+      (err: { code: number; stderr: string }) => err,
+    );
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain('HOST must be a loopback address in dev mode (127.0.0.1, ::1 or localhost), got "0.0.0.0"');
+  });
 });

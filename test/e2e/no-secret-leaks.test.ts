@@ -19,6 +19,8 @@ const WEB_TOKEN = "leak-test-web-token-4c1f9a-7Hq2Lm9Zx";
 const GATEWAY_TOKEN = "leak-test-gateway-token-8b2e7d-7Hq2Lm9Zx";
 const WRONG_TOKEN = "leak-test-wrong-token-0a0a0a-7Hq2Lm9Zx";
 const owner = { userId: "u_owner", role: Role.OWNER };
+/** A name that only an internal error's log line could leak. */
+const INTERNAL_NAME = "name-only-in-err-sql-5d1f";
 const member = { userId: "u_member", role: Role.MEMBER };
 
 describe("no secret in the database, logs, errors or metrics", () => {
@@ -137,6 +139,14 @@ describe("no secret in the database, logs, errors or metrics", () => {
       ["createKey", { organizationId: "org_live", actor: { userId: live.secret, role: Role.OWNER } }],
       ["updateKey", { organizationId: "org_live", keyId: live.key!.id, actor: owner, updateMask: { paths: ["name"] }, name: live.secret }],
       ["revokeKeys", { organizationId: "org_live", actor: owner, createdBy: live.secret }],
+      // A key followed directly by a letter or digit, or inside a longer word, is still a key.
+      ["createKey", { organizationId: "org_live", actor: owner, name: `${live.secret}X` }],
+      ["createKey", { organizationId: "org_live", actor: owner, name: `x${live.secret}0` }],
+      ["createKey", { organizationId: "org_live", actor: owner, metadata: { note: `${live.secret}abc_def` } }],
+      ["revokeKey", { organizationId: "org_live", keyId: live.key!.id, actor: owner, reason: `key=${live.secret}9` }],
+      // An unknown field mask path is not echoed in the error.
+      ["updateKey", { organizationId: "org_live", keyId: live.key!.id, actor: owner, updateMask: { paths: [live.secret] } }],
+      ["updateKey", { organizationId: "org_live", keyId: live.key!.id, actor: owner, updateMask: { paths: ["name", `x${live.secret}`] }, name: "n" }],
     ];
     for (const [method, req] of misplaced) {
       expect(await refused(s.grpc.call(method as "getKey", req as never, web())), method).toBe(grpc.status.INVALID_ARGUMENT);
@@ -146,6 +156,17 @@ describe("no secret in the database, logs, errors or metrics", () => {
 
     // The live key still works: nothing above touched it.
     expect((await s.grpc.call("verifyKey", { key: live.secret }, web())).code).toBe(VerifyCode.VALID);
+
+    // An internal error from MySQL: mysql2's error carries the statement with its values (err.sql) and a message
+    // that may quote them. A column too narrow makes the name fail to fit; the log says what failed, not with what.
+    const sql = await mysql.createConnection(s.db!.url);
+    try {
+      await sql.query("ALTER TABLE api_keys MODIFY name VARCHAR(4) NOT NULL");
+      expect(await refused(s.grpc.call("updateKey", { organizationId: "org_live", keyId: live.key!.id, actor: owner, updateMask: { paths: ["name", "metadata"] }, name: INTERNAL_NAME, metadata: { note: INTERNAL_NAME } }, web()))).toBe(grpc.status.INTERNAL);
+    } finally {
+      await sql.end();
+    }
+    expect(logLines.join("")).toContain('"msg":"internal error"');
     // Let the batched last-used times and credits reach the database.
     await new Promise((r) => setTimeout(r, 1500));
   });
@@ -157,6 +178,7 @@ describe("no secret in the database, logs, errors or metrics", () => {
       ["web token", WEB_TOKEN],
       ["gateway token", GATEWAY_TOKEN],
       ["wrong token", WRONG_TOKEN],
+      ["a request's values (err.sql)", INTERNAL_NAME],
     ]);
     for (const [i, secret] of secrets.entries()) {
       needles.set(`secret ${i}`, secret);

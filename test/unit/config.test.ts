@@ -145,6 +145,17 @@ describe("loadConfig: caller tokens, permissions and organizations", () => {
   });
 });
 
+describe("loadConfig: dev mode", () => {
+  it("listens on loopback only: anything else is refused with a clear message", () => {
+    for (const host of ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "::ffff:127.0.0.1"]) expect(load({ HOST: host }, true).host, host).toBe(host);
+    for (const host of ["0.0.0.0", "::", "10.0.0.5", "192.168.1.10", "example.com", "127.0.0.1.nip.io", "::ffff:10.0.0.1"]) {
+      expect(() => load({ HOST: host }, true), host).toThrow(/HOST must be a loopback address in dev mode/);
+    }
+    // Outside dev mode any address is the operator's choice.
+    expect(load({ HOST: "0.0.0.0", ALLOW_UNAUTHENTICATED_CALLERS: "true" }).host).toBe("0.0.0.0");
+  });
+});
+
 describe("loadConfig: TLS and peppers", () => {
   const base = callers({ name: "web", token: TOKEN, allow: ["verify"] });
 
