@@ -105,7 +105,7 @@ export function redisClient(target: RedisTarget, role: RedisRole, options: Redis
       // The verifications of one event-loop turn reach Redis in one write (one pipeline), in order.
       ...(role === "limiter" && { commandTimeout, enableAutoPipelining: true }),
     };
-    return watched(new Redis(redisOptions), target, role, options.logger);
+    return watched(new Redis(redisOptions), target, role, options.logger, null);
   }
   const clusterOptions: ClusterOptions = {
     lazyConnect: true,
@@ -126,15 +126,16 @@ export function redisClient(target: RedisTarget, role: RedisRole, options: Redis
     retryDelayOnFailover: 0,
     ...(role === "limiter" && { enableAutoPipelining: true }),
   };
-  return watched(new Cluster(target.nodes, clusterOptions), target, role, options.logger);
+  const seed: RedisOptions = { ...access, ...target.nodes[0] };
+  return watched(new Cluster(target.nodes, clusterOptions), target, role, options.logger, seed);
 }
 
-/** What each client made here reaches, for connectRedis's errors. */
-const descriptions = new WeakMap<RedisClient, string>();
+/** What each client made here reaches, for connectRedis's errors; for a cluster, how to reach its first seed alone. */
+const reaches = new WeakMap<RedisClient, { description: string; seed: RedisOptions | null }>();
 
 /** Remembers what the client reaches, and logs its errors (without a listener ioredis prints each one to stderr). */
-function watched<C extends RedisClient>(client: C, target: RedisTarget, role: RedisRole, logger: Logger): C {
-  descriptions.set(client, describeRedisTarget(target));
+function watched<C extends RedisClient>(client: C, target: RedisTarget, role: RedisRole, logger: Logger, seed: RedisOptions | null): C {
+  reaches.set(client, { description: describeRedisTarget(target), seed });
   const log = (err: Error) => logger.debug({ err: err.message, role }, "redis connection error");
   client.on("error", log);
   client.on("node error", log); // a cluster node's
@@ -147,17 +148,44 @@ function watched<C extends RedisClient>(client: C, target: RedisTarget, role: Re
  */
 export async function connectRedis(client: RedisClient): Promise<void> {
   let cause: Error | null = null;
-  const onError = (err: Error) => {
-    cause ??= err;
+  const onError = (err: Error & { lastNodeError?: Error }) => {
+    // The first error that says something: a cluster reports "Failed to refresh slots cache." or
+    // "Connection is closed." for what one of its nodes refused (a password, a certificate).
+    const detail = err.lastNodeError ?? err;
+    if (cause === null || GENERIC_ERRORS.has(cause.message)) cause = detail;
   };
   client.on("error", onError);
   client.on("node error", onError); // a cluster node's
+  const where = reaches.get(client);
   try {
     await client.connect();
   } catch (err) {
-    throw new Error(`cannot reach ${descriptions.get(client) ?? "redis"}: ${(cause ?? (err as Error)).message}`, { cause: err });
+    let reason = (cause ?? (err as Error)).message;
+    // A cluster's client does not pass on what its slot-map connections were told (a certificate refused):
+    // one connection to the first seed alone says it.
+    if (GENERIC_ERRORS.has(reason) && where?.seed) reason = (await refusal(where.seed)) ?? reason;
+    throw new Error(`cannot reach ${where?.description ?? "redis"}: ${reason}`, { cause: err });
   } finally {
     client.off("error", onError);
     client.off("node error", onError);
   }
 }
+
+/** Why one connection with these options cannot be made, or null when it can. */
+async function refusal(options: RedisOptions): Promise<string | null> {
+  const probe = new Redis({ ...options, lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0, enableOfflineQueue: false });
+  let reason: string | null = null;
+  probe.on("error", (err: Error) => {
+    reason ??= err.message;
+  });
+  try {
+    await probe.connect();
+    return null;
+  } catch (err) {
+    return reason ?? (err as Error).message;
+  } finally {
+    probe.disconnect();
+  }
+}
+
+const GENERIC_ERRORS = new Set(["Connection is closed.", "Failed to refresh slots cache."]);

@@ -11,7 +11,7 @@
 //   (or kill() and waitForPromotion() apart, to act while the cluster fails over)
 //   await cluster.stop();
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -35,8 +35,10 @@ export interface TestRedisClusterOptions {
   replicas?: 0 | 1;
   /** How long a node may be silent before it is failed over (ms): small, so a failover takes ~2 s. */
   nodeTimeoutMs?: number;
-  /** Extra redis-server arguments for every node (e.g. TLS or ACL settings). */
+  /** Extra redis-server arguments for every node (e.g. ACL users: ["--user", "name", "on", ">password", …]). */
   args?: string[];
+  /** TLS only, between clients and nodes and between nodes (the files are PEM; client certificates not required). */
+  tls?: { certFile: string; keyFile: string; caFile: string };
 }
 
 async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
@@ -59,11 +61,11 @@ export class TestRedisCluster {
 
   private constructor(
     readonly nodes: ClusterNode[],
-    private readonly options: Required<TestRedisClusterOptions>,
+    private readonly options: Required<Omit<TestRedisClusterOptions, "tls">> & Pick<TestRedisClusterOptions, "tls">,
   ) {}
 
   static async start(options: TestRedisClusterOptions = {}): Promise<TestRedisCluster> {
-    const opts = { replicas: options.replicas ?? 0, nodeTimeoutMs: options.nodeTimeoutMs ?? 1000, args: options.args ?? [] };
+    const opts = { replicas: options.replicas ?? 0, nodeTimeoutMs: options.nodeTimeoutMs ?? 1000, args: options.args ?? [], tls: options.tls };
     const nodes: ClusterNode[] = [];
     for (let i = 0; i < MASTERS * (1 + opts.replicas); i++) {
       nodes.push({ port: await freePort(), busPort: await freePort(), dir: mkdtempSync(join(tmpdir(), "apikeys-cluster-")), proc: null });
@@ -74,7 +76,10 @@ export class TestRedisCluster {
       // With --cluster-replicas 1, redis-cli makes three of the six masters and gives each a replica.
       await run(
         "redis-cli",
-        ["--cluster", "create", ...nodes.map((n) => `${HOST}:${n.port}`), "--cluster-replicas", String(opts.replicas), "--cluster-yes"],
+        [
+          ...(opts.tls ? ["--tls", "--cacert", opts.tls.caFile] : []),
+          "--cluster", "create", ...nodes.map((n) => `${HOST}:${n.port}`), "--cluster-replicas", String(opts.replicas), "--cluster-yes",
+        ],
         { timeout: 20_000 },
       );
       await cluster.waitUntilHealthy();
@@ -85,9 +90,11 @@ export class TestRedisCluster {
     return cluster;
   }
 
-  /** REDIS_CLUSTER_NODES for the service: every node as a seed. */
+  /** REDIS_CLUSTER_NODES for the service: every node as a seed (with TLS, the first as a rediss:// URL). */
   get seeds(): string {
-    return this.nodes.map((n) => `${HOST}:${n.port}`).join(",");
+    const seeds = this.nodes.map((n) => `${HOST}:${n.port}`);
+    if (this.options.tls) seeds[0] = `rediss://${seeds[0]}`;
+    return seeds.join(",");
   }
 
   /** The running nodes' ports. */
@@ -99,7 +106,8 @@ export class TestRedisCluster {
   async command(port: number, ...args: (string | number)[]): Promise<unknown> {
     let conn = this.admin.get(port);
     if (conn === undefined) {
-      conn = new Redis({ host: HOST, port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false });
+      const tls = this.options.tls ? { tls: { ca: readFileSync(this.options.tls.caFile) } } : {};
+      conn = new Redis({ host: HOST, port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false, ...tls });
       conn.on("error", () => {}); // a killed node: the command below fails and says so
       this.admin.set(port, conn);
     }
@@ -231,10 +239,23 @@ export class TestRedisCluster {
   }
 
   private async launch(node: ClusterNode): Promise<void> {
+    const tls = this.options.tls;
+    const listen = tls
+      ? [
+          "--port", "0",
+          "--tls-port", String(node.port),
+          "--tls-cluster", "yes",
+          "--tls-replication", "yes",
+          "--tls-cert-file", tls.certFile,
+          "--tls-key-file", tls.keyFile,
+          "--tls-ca-cert-file", tls.caFile,
+          "--tls-auth-clients", "no",
+        ]
+      : ["--port", String(node.port)];
     const proc = spawn(
       "redis-server",
       [
-        "--port", String(node.port),
+        ...listen,
         "--bind", HOST,
         "--cluster-enabled", "yes",
         "--cluster-port", String(node.busPort),

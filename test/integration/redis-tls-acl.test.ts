@@ -1,8 +1,9 @@
-// The service on a Redis reached over TLS only, as an ACL user configured with
-// exactly the lines docs/redis.md gives (read from the page): verifications
-// with limits and revocations work, the user cannot touch other keys or
-// channels, other users cannot publish on the service's channels, and a wrong
-// password or an untrusted CA stops start-up without the password in any message.
+// The service on a Redis reached over TLS only, standalone and a 3-master
+// Cluster, as an ACL user configured with exactly the rule docs/redis.md gives
+// (read from the page): verifications with limits and revocations work, the
+// user cannot touch other keys or channels, other users cannot publish on the
+// service's channels, and a wrong password or an untrusted CA stops start-up
+// without the password in any message.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,82 +17,122 @@ import { COUNTER_KEYS } from "../../src/limits/redis-usage-limiter.js";
 import { type RedisClient, redisClient } from "../../src/redis/connections.js";
 import { type TestDatabase, freshDatabase } from "../helpers/mysql.js";
 import { freePort } from "../helpers/redis.js";
+import { TestRedisCluster } from "../helpers/redis-cluster.js";
 import { type TestServer, startServer } from "../helpers/server.js";
 
 const PASSWORD = "redis-acl-pass/w0rd@9"; // "/" and "@" need percent-encoding in the URL
 const owner = { userId: "u_owner", role: Role.OWNER };
 const silent = pino({ level: "silent" });
 
-/** The ```acl block of docs/redis.md, with the test's password. */
-function documentedAcl(): string {
+/** The ```acl block of docs/redis.md, with the test's password: its lines. */
+function documentedAcl(): string[] {
   const page = readFileSync(new URL("../../docs/redis.md", import.meta.url), "utf8");
   const block = /```acl\n([\s\S]*?)```/.exec(page);
   if (block === null) throw new Error("docs/redis.md has no ```acl block");
-  return block[1].replace(">CHANGE-ME", `>${PASSWORD}`);
+  return block[1].replace(">CHANGE-ME", `>${PASSWORD}`).trim().split("\n");
+}
+
+/** Another application's user on the same Redis: every key and command, no channels. */
+const OTHER_USER = "user other on >other-password-1 resetchannels ~* +@all";
+
+const dir = mkdtempSync(join(tmpdir(), "apikeys-redis-tls-"));
+const path = (name: string) => join(dir, name);
+
+beforeAll(() => {
+  // A CA and a certificate for 127.0.0.1 signed by it (and a second CA nobody trusts).
+  for (const ca of ["ca", "rogue-ca"]) {
+    openssl(
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", path(`${ca}.key`),
+      "-out", path(`${ca}.pem`), "-days", "1", "-subj", `/CN=${ca}`, "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+    );
+  }
+  openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", path("redis.key"), "-out", path("redis.csr"), "-subj", "/CN=redis");
+  writeFileSync(path("redis.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+  openssl("x509", "-req", "-in", path("redis.csr"), "-CA", path("ca.pem"), "-CAkey", path("ca.key"), "-CAcreateserial", "-out", path("redis.pem"), "-days", "1", "-extfile", path("redis.ext"));
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** A TLS-only Redis with the documented users: the service's environment for a user, and how to stop it. */
+interface Deployment {
+  env(user: string, password: string): Record<string, string>;
+  stop(): Promise<void>;
+}
+
+async function standalone(): Promise<Deployment> {
+  const port = await freePort();
+  writeFileSync(
+    path("redis.conf"),
+    [
+      "port 0", // TLS only
+      `tls-port ${port}`,
+      "bind 127.0.0.1",
+      `tls-cert-file ${path("redis.pem")}`,
+      `tls-key-file ${path("redis.key")}`,
+      `tls-ca-cert-file ${path("ca.pem")}`,
+      "tls-auth-clients no",
+      'save ""',
+      "appendonly no",
+      `dir ${dir}`,
+      ...documentedAcl(),
+      OTHER_USER,
+      "",
+    ].join("\n"),
+  );
+  const redis: ChildProcess = spawn("redis-server", [path("redis.conf")], { stdio: "ignore" });
+  return {
+    env: (user, password) => ({ REDIS_URL: `rediss://${user}:${encodeURIComponent(password)}@127.0.0.1:${port}` }),
+    stop: async () => {
+      redis.kill("SIGKILL");
+    },
+  };
+}
+
+async function cluster(): Promise<Deployment> {
+  // The default user stays on here: the helper's own tooling (redis-cli --cluster create, probes) uses it.
+  const users = [...documentedAcl().filter((line) => !line.startsWith("user default ")), OTHER_USER];
+  const c = await TestRedisCluster.start({
+    args: users.flatMap((line) => ["--user", ...line.split(" ").slice(1)]),
+    tls: { certFile: path("redis.pem"), keyFile: path("redis.key"), caFile: path("ca.pem") },
+  });
+  return {
+    env: (user, password) => ({ REDIS_CLUSTER_NODES: c.seeds.replace("rediss://", `rediss://${user}:${encodeURIComponent(password)}@`) }),
+    stop: () => c.stop(),
+  };
 }
 
 function openssl(...args: string[]): void {
   execFileSync("openssl", args, { stdio: "pipe" });
 }
 
-describe("Redis over TLS, as the documented ACL user", () => {
-  const dir = mkdtempSync(join(tmpdir(), "apikeys-redis-tls-"));
-  const path = (name: string) => join(dir, name);
-  let port: number;
-  let redis: ChildProcess;
+describe.each([
+  ["standalone", standalone],
+  ["a 3-master cluster", cluster],
+])("Redis over TLS (%s), as the documented ACL user", (_name, deploy) => {
+  let redis: Deployment;
   let db: TestDatabase;
   let s: TestServer;
   const clients: RedisClient[] = [];
 
-  const url = (user: string, password: string) => `rediss://${user}:${encodeURIComponent(password)}@127.0.0.1:${port}`;
-  const env = (over: Record<string, string> = {}) => ({ REDIS_URL: url("apikeys", PASSWORD), REDIS_TLS_CA_FILE: path("ca.pem"), ...over });
+  const env = (over: Record<string, string> = {}) => ({ ...redis.env("apikeys", PASSWORD), REDIS_TLS_CA_FILE: path("ca.pem"), ...over });
 
   async function connect(user: string, password: string): Promise<RedisClient> {
-    const client = redisClient(redisTarget(env({ REDIS_URL: url(user, password) })), "publisher", { logger: silent });
+    const client = redisClient(redisTarget(env(redis.env(user, password))), "publisher", { logger: silent });
     clients.push(client);
     await client.connect();
     return client;
   }
 
   beforeAll(async () => {
-    // A CA and a certificate for 127.0.0.1 signed by it (and a second CA nobody trusts).
-    for (const ca of ["ca", "rogue-ca"]) {
-      openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", path(`${ca}.key`),
-        "-out", path(`${ca}.pem`), "-days", "1", "-subj", `/CN=${ca}`, "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
-      );
-    }
-    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", path("redis.key"), "-out", path("redis.csr"), "-subj", "/CN=redis");
-    writeFileSync(path("redis.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
-    openssl("x509", "-req", "-in", path("redis.csr"), "-CA", path("ca.pem"), "-CAkey", path("ca.key"), "-CAcreateserial", "-out", path("redis.pem"), "-days", "1", "-extfile", path("redis.ext"));
-    port = await freePort();
-    writeFileSync(
-      path("redis.conf"),
-      [
-        "port 0", // TLS only
-        `tls-port ${port}`,
-        "bind 127.0.0.1",
-        `tls-cert-file ${path("redis.pem")}`,
-        `tls-key-file ${path("redis.key")}`,
-        `tls-ca-cert-file ${path("ca.pem")}`,
-        "tls-auth-clients no",
-        'save ""',
-        "appendonly no",
-        `dir ${dir}`,
-        documentedAcl(),
-        // Another application's user on the same Redis: every key and command, no channels.
-        "user other on >other-password-1 resetchannels ~* +@all",
-        "",
-      ].join("\n"),
-    );
-    redis = spawn("redis-server", [path("redis.conf")], { stdio: "ignore" });
+    redis = await deploy();
     const deadline = Date.now() + 10_000;
     for (;;) {
       try {
         await (await connect("apikeys", PASSWORD)).ping();
         break;
       } catch (err) {
-        if (Date.now() > deadline || redis.exitCode !== null) throw err;
+        if (Date.now() > deadline) throw err;
         await new Promise((r) => setTimeout(r, 50));
       }
     }
@@ -102,9 +143,8 @@ describe("Redis over TLS, as the documented ACL user", () => {
   afterAll(async () => {
     await s?.stop();
     for (const c of clients) c.disconnect();
-    redis?.kill("SIGKILL");
+    await redis?.stop();
     await db?.drop();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it("verifies with limits and revokes, over TLS as the ACL user", async () => {
@@ -143,7 +183,7 @@ describe("Redis over TLS, as the documented ACL user", () => {
 
   it("does not start with a wrong password or an untrusted CA, and never shows the password", async () => {
     for (const [over, expected] of [
-      [{ REDIS_URL: url("apikeys", "wrong-password-123") }, /WRONGPASS/],
+      [redis.env("apikeys", "wrong-password-123"), /WRONGPASS/],
       [{ REDIS_TLS_CA_FILE: path("rogue-ca.pem") }, /certificate|self.signed|unable to verify/i],
       [{ REDIS_TLS_CA_FILE: path("redis.ext") }, /^REDIS_TLS_CA_FILE: ".*redis\.ext" is not a PEM certificate$/],
     ] as const) {
