@@ -43,6 +43,10 @@ export interface ServerChild {
   gcPauses(): Promise<Pause[]>;
   /** Graceful stop: in-flight calls drain, last-used times flush, a CPU profile is written. */
   stop(): Promise<void>;
+  /** SIGSTOP: a stalled instance (a paused VM, a long GC); its connections stay open. */
+  pause(): void;
+  /** SIGCONT. */
+  resume(): void;
 }
 
 export interface ServerOptions {
@@ -87,6 +91,8 @@ export async function startServer(mode: "service" | "baseline", options: ServerO
     usage: () => ask("usage", (m) => m as unknown as Usage),
     evictions: () => ask("evictions", (m) => m.evictions as Record<string, string>),
     gcPauses: () => ask("pauses", (m) => m.pauses as Pause[]),
+    pause: () => void child.kill("SIGSTOP"),
+    resume: () => void child.kill("SIGCONT"),
     async stop() {
       if (child.exitCode !== null) return;
       child.stdin!.end("stop\n");

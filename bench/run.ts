@@ -7,7 +7,8 @@
 //   npm run bench                  the full suite (datasets up to 1M keys, 10 s per run)
 //   npm run bench -- --quick       10k keys at most, 3 s per run
 //   npm run bench -- --smoke       seconds in all: what `npm test` runs so the bench cannot rot
-//   --only cached,negative         scenarios (bench/scenarios/index.ts): cached, workers, limits, limits-cluster, cold, negative, create, revoke, memory
+//   --only cached,negative         scenarios (bench/scenarios/index.ts): cached, workers, limits, limits-cluster, cold, negative,
+//                                  create, revoke, revoke-cluster, revoke-stalled, revoke-many, memory
 //   --tool node                    load from the Node load generator even where h2load is installed
 //   --profile                      also profile the service under the cached load (node --cpu-prof)
 //   --out DIR                      where results go (default bench/results)
@@ -29,9 +30,9 @@ import { type Bench, type MainService, SCENARIOS, type ScenarioName, type Settin
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 const MODES: Record<"full" | "quick" | "smoke", Settings> = {
-  full: { durationS: 10, warmupS: 2, coldSizes: [10_000, 100_000, 1_000_000], coldSample: 50_000, memoryKeys: 100_000, revocations: 1000, revokeWarmup: 5000, soakS: 45 },
-  quick: { durationS: 3, warmupS: 1, coldSizes: [10_000], coldSample: 10_000, memoryKeys: 10_000, revocations: 200, revokeWarmup: 1000, soakS: 10 },
-  smoke: { durationS: 0.5, warmupS: 0, coldSizes: [1000], coldSample: 1000, memoryKeys: 1000, revocations: 20, revokeWarmup: 20, soakS: 0 },
+  full: { durationS: 10, warmupS: 2, coldSizes: [10_000, 100_000, 1_000_000], coldSample: 50_000, memoryKeys: 100_000, revocations: 1000, revokeWarmup: 5000, soakS: 45, revokeTopologies: true },
+  quick: { durationS: 3, warmupS: 1, coldSizes: [10_000], coldSample: 10_000, memoryKeys: 10_000, revocations: 200, revokeWarmup: 1000, soakS: 10, revokeTopologies: true },
+  smoke: { durationS: 0.5, warmupS: 0, coldSizes: [1000], coldSample: 1000, memoryKeys: 1000, revocations: 20, revokeWarmup: 20, soakS: 0, revokeTopologies: false },
 };
 
 const NAMES = Object.keys(SCENARIOS) as ScenarioName[];

@@ -47,6 +47,8 @@ export interface Settings {
   revokeWarmup: number;
   /** Seconds under load, unmeasured, before an in-memory scenario's runs (see measureInMemory); 0: none. */
   soakS: number;
+  /** Rows 6b–6d (revoke-topologies.ts): they start up to 10 instances and a Redis Cluster, minutes on 2 cores. */
+  revokeTopologies: boolean;
 }
 
 export interface Bench {

@@ -11,6 +11,7 @@ import { limitsCluster } from "./limits-cluster.js";
 import { memory } from "./memory.js";
 import { negative } from "./negative.js";
 import { revoke } from "./revoke.js";
+import { revokeCluster, revokeMany, revokeStalled } from "./revoke-topologies.js";
 import { workers } from "./workers.js";
 
 export type ScenarioRun = (b: Bench, main: MainService) => Promise<void>;
@@ -24,6 +25,9 @@ export const SCENARIOS = {
   negative,
   create: createKeys,
   revoke,
+  "revoke-cluster": revokeCluster,
+  "revoke-stalled": revokeStalled,
+  "revoke-many": revokeMany,
   memory,
 } satisfies Record<string, ScenarioRun>;
 
