@@ -54,7 +54,7 @@ const DEFAULT_COMMAND_TIMEOUT_MS = 1000;
 const backoff = (attempt: number) => Math.min(50 * attempt, 1000);
 
 /** "cluster 10.0.0.1:6379,10.0.0.2:6379 (tls, user apikeys)": for logs and errors, without the password. */
-export function describeRedisTarget(target: RedisTarget): string {
+function describeRedisTarget(target: RedisTarget): string {
   const where = target.nodes.map((n) => `${n.host}:${n.port}`).join(",");
   const how = [target.tls && "tls", target.username !== null && `user ${target.username}`, target.password !== null && "password"].filter(Boolean);
   return `${target.cluster ? "cluster" : "redis"} ${where}${target.cluster || target.db === 0 ? "" : `/${target.db}`}${how.length > 0 ? ` (${how.join(", ")})` : ""}`;
