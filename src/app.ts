@@ -36,6 +36,7 @@ import { CallerAuth } from "./transport/auth.js";
 import { apiKeyBinding, organizationBinding } from "./transport/bindings.js";
 import { addBinding, createGrpcServer, listenGrpc } from "./transport/grpc-server.js";
 import { createHttpServer, listenHttp } from "./transport/http-server.js";
+import { Refusals } from "./transport/refusals.js";
 import { grpcServerCredentials } from "./transport/tls.js";
 
 export interface AppOverrides {
@@ -131,12 +132,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const auth = new CallerAuth(config.callers, config.allowUnauthenticated);
   const bindings = [apiKeyBinding(keys, verifier), organizationBinding(organizations)];
   const onInternal = (err: unknown, method: string) => logger.error({ err, method }, "internal error");
+  const refusals = new Refusals();
   const metrics = new Metrics({
     verifier,
     cache,
     broadcast,
     lastUsed,
     pool: store instanceof MySqlStore ? store : null,
+    refusals,
   });
   // Answered verifications, from callers and from Envoy, are the hot path: logged at debug only (see rpc-log.ts).
   const rpcLog = new RpcLog(
@@ -146,11 +149,23 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const observer = callObserver(metrics, rpcLog);
   // What the gRPC port serves (ext_authz is there only), for health checking and reflection.
   const grpcServices = [...bindings.map((b) => b.service), Authorization];
-  const health = new Health({ store, services: grpcServices.map((s) => s.typeName), logger, pollMs: config.healthPollMs });
+  const health = new Health({
+    store,
+    services: grpcServices.map((s) => s.typeName),
+    logger,
+    pollMs: config.healthPollMs,
+    maxWatches: config.healthMaxWatches,
+    refusals,
+  });
 
   // Built now, so unreadable or mismatched certificate files fail buildApp rather than start().
   const grpcCredentials = grpcServerCredentials(config.tls);
-  const grpcServer = createGrpcServer({ maxMessageBytes: config.maxMessageBytes, largestMessageBytes: config.extAuthzMaxMessageBytes });
+  const grpcServer = createGrpcServer({
+    maxMessageBytes: config.maxMessageBytes,
+    largestMessageBytes: config.extAuthzMaxMessageBytes,
+    maxConcurrentStreams: config.grpcMaxConcurrentStreams,
+    maxConnectionIdleMs: config.grpcMaxConnectionIdleMs,
+  });
   for (const binding of bindings) addBinding(grpcServer, binding, auth, onInternal, observer);
   // Envoy ext_authz: on the gRPC port only (Envoy calls it over gRPC); Envoy needs "verify" access.
   const checkPath = `/${Authorization.typeName}/${Authorization.method.check.name}`;
@@ -168,6 +183,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     endpoints,
     maxMessageBytes: config.maxMessageBytes,
     observer,
+    limits: { maxConnections: config.httpMaxConnections, headersTimeoutMs: config.httpHeadersTimeoutMs, requestTimeoutMs: config.httpRequestTimeoutMs },
+    refusals,
   });
 
   let stopped: Promise<void> | null = null;

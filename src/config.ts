@@ -51,6 +51,13 @@ export interface Config {
   workers: number;
   /** Envoy ext_authz: the request header (lower case) that names the required scopes; "" = none (see src/envoy/ext-authz.ts). */
   extAuthzScopesHeader: string;
+  /** Bounds per connection and per port (see src/transport/grpc-server.ts, http-server.ts, observability/health.ts). */
+  grpcMaxConcurrentStreams: number;
+  grpcMaxConnectionIdleMs: number;
+  healthMaxWatches: number;
+  httpMaxConnections: number;
+  httpHeadersTimeoutMs: number;
+  httpRequestTimeoutMs: number;
   /** The largest Envoy CheckRequest read (a request's headers); larger ones fail in grpc-js, before any handler. */
   extAuthzMaxMessageBytes: number;
 }
@@ -385,6 +392,12 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     logLevel: env.LOG_LEVEL || "info",
     workers,
     extAuthzScopesHeader: headerName(env, "EXT_AUTHZ_SCOPES_HEADER"),
+    grpcMaxConcurrentStreams: int(env, "GRPC_MAX_CONCURRENT_STREAMS", 100, 1, 100_000),
+    grpcMaxConnectionIdleMs: int(env, "GRPC_MAX_CONNECTION_IDLE_SECONDS", 300, 1, 86_400) * 1000,
+    healthMaxWatches: int(env, "HEALTH_MAX_WATCHES", 1000, 1, 1_000_000),
+    httpMaxConnections: int(env, "HTTP_MAX_CONNECTIONS", 10_000, 1, 1_000_000),
+    httpHeadersTimeoutMs: int(env, "HTTP_HEADERS_TIMEOUT_SECONDS", 10, 1, 600) * 1000,
+    httpRequestTimeoutMs: int(env, "HTTP_REQUEST_TIMEOUT_SECONDS", 30, 1, 3600) * 1000,
     extAuthzMaxMessageBytes: int(env, "EXT_AUTHZ_MAX_MESSAGE_BYTES", 1024 * 1024, 1024, 16 * 1024 * 1024),
   };
 }

@@ -8,6 +8,8 @@ import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 import type { Logger } from "../logger.js";
 import type { Store } from "../keys/ports.js";
 import type { HttpEndpoint } from "../transport/http-server.js";
+import type { Refusals } from "../transport/refusals.js";
+import { Status } from "../keys/errors.js";
 
 export interface HealthOptions {
   store: Pick<Store, "ping">;
@@ -16,6 +18,9 @@ export interface HealthOptions {
   logger: Logger;
   /** How often the database is pinged; a ping that takes longer counts as a failure. */
   pollMs: number;
+  /** Watch streams open at once, at most (each holds a stream and memory for as long as the client likes). */
+  maxWatches: number;
+  refusals: Refusals;
 }
 
 type WatchCall = grpc.ServerWritableStream<unknown, unknown>;
@@ -33,11 +38,15 @@ export class Health {
   private published: ServingStatus = "NOT_SERVING";
   private timer: NodeJS.Timeout | null = null;
   private readonly watches = new Set<WatchCall>();
+  private readonly maxWatches: number;
+  private readonly refusals: Refusals;
 
   constructor(options: HealthOptions) {
     this.store = options.store;
     this.logger = options.logger;
     this.pollMs = options.pollMs;
+    this.maxWatches = options.maxWatches;
+    this.refusals = options.refusals;
     this.names = ["", ...options.services];
     this.grpcHealth = new HealthImplementation(Object.fromEntries(this.names.map((name) => [name, this.published])));
   }
@@ -55,6 +64,11 @@ export class Health {
         server.addService(definition as grpc.ServiceDefinition, {
           ...handlers,
           watch: (call: WatchCall) => {
+            if (this.watches.size >= this.maxWatches) {
+              this.refusals.healthWatchLimit++;
+              call.emit("error", { code: Status.RESOURCE_EXHAUSTED, details: `too many Health.Watch streams open (HEALTH_MAX_WATCHES=${this.maxWatches}); use Check, or retry later` });
+              return;
+            }
             this.watches.add(call);
             const forget = () => this.watches.delete(call);
             call.once("cancelled", forget);

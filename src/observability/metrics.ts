@@ -16,6 +16,7 @@ import type { Verifier } from "../keys/verifier.js";
 import type { VerifyCache } from "../keys/verify-cache.js";
 import type { PoolStats } from "../store/mysql-store.js";
 import type { HttpEndpoint } from "../transport/http-server.js";
+import type { Refusals } from "../transport/refusals.js";
 import { statusName } from "./grpc-status.js";
 import { clusterMetrics, isWorker, shareMetrics } from "../workers.js";
 
@@ -26,6 +27,8 @@ export interface MetricsSources {
   lastUsed: Pick<LastUsedTracker, "writes">;
   /** The database connection pool, when the store has one. */
   pool: { poolStats(): PoolStats } | null;
+  /** What the transports refused (connection caps, timeouts, Watch streams). */
+  refusals: Refusals;
 }
 
 export type Protocol = "grpc" | "connect";
@@ -58,7 +61,19 @@ export class Metrics {
     );
     this.registry.registerMetric(this.rpcDuration as never);
 
-    const { verifier, cache, broadcast, lastUsed, pool } = sources;
+    const { verifier, cache, broadcast, lastUsed, pool, refusals } = sources;
+    new Counter({
+      name: "apikeys_refused_total",
+      help: "What the ports refused to take on: HTTP connections over HTTP_MAX_CONNECTIONS, HTTP requests too slow to arrive, Health.Watch streams over HEALTH_MAX_WATCHES.",
+      labelNames: ["reason"],
+      registers,
+      collect() {
+        this.reset();
+        this.inc({ reason: "http_connection_limit" }, refusals.httpConnectionLimit);
+        this.inc({ reason: "http_timeout" }, refusals.httpTimeout);
+        this.inc({ reason: "health_watch_limit" }, refusals.healthWatchLimit);
+      },
+    });
     const outcomes = VerifyCodeSchema.values.filter((v) => v.number !== 0);
     new Counter({
       name: "apikeys_verify_outcomes_total",

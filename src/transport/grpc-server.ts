@@ -112,6 +112,10 @@ export interface GrpcServerOptions {
    * maxMessageBytes itself.
    */
   largestMessageBytes?: number;
+  /** Concurrent streams one connection may have open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); default 100. */
+  maxConcurrentStreams?: number;
+  /** A connection without calls for this long is closed (GOAWAY); default 5 minutes. */
+  maxConnectionIdleMs?: number;
 }
 
 /** The message limit of bindings without their own, by server (set by createGrpcServer). */
@@ -128,6 +132,10 @@ export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
     // Channelz keeps per-call statistics for a debugging service we do not
     // expose; it showed in the hot path's profile (about 8% inclusive).
     "grpc.enable_channelz": 0,
+    // One connection cannot hold more streams than this at once (beyond it, the client queues or is refused
+    // by HTTP/2 itself), nor an idle connection its socket for ever.
+    "grpc.max_concurrent_streams": options.maxConcurrentStreams ?? 100,
+    "grpc.max_connection_idle_ms": options.maxConnectionIdleMs ?? 300_000,
   });
   messageLimits.set(server, options.maxMessageBytes);
   return server;

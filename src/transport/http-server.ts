@@ -7,6 +7,7 @@ import type { DescMethod } from "@bufbuild/protobuf";
 import type { ConnectError, ConnectRouter, HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { CallerAuth } from "./auth.js";
+import type { Refusals } from "./refusals.js";
 import type { CallObserver, ServiceBinding } from "./bindings.js";
 import { type InternalErrorSink, toConnectError, toStatusMessage } from "./errors.js";
 import { type CallAccess, type PipelineOptions, invoker, methodPath, streamOpener } from "./pipeline.js";
@@ -21,6 +22,18 @@ export interface HttpServerOptions {
   endpoints: HttpEndpoint[];
   maxMessageBytes: number;
   observer: CallObserver;
+  limits: HttpLimits;
+  refusals: Refusals;
+}
+
+/** Bounds on what one client can hold of the HTTP port. */
+export interface HttpLimits {
+  /** Open connections at most; more are closed at once (Node's server.maxConnections). */
+  maxConnections: number;
+  /** The whole request head must arrive within this. */
+  headersTimeoutMs: number;
+  /** The whole request, body included, must arrive within this. */
+  requestTimeoutMs: number;
 }
 
 /** The HTTP port has no client certificates (TLS, where wanted, ends in front of it). */
@@ -111,13 +124,29 @@ export function createHttpServer(options: HttpServerOptions): http.Server {
     fallback: (req, res) => {
       for (const endpoint of options.endpoints) if (endpoint(req as http.IncomingMessage, res as http.ServerResponse)) return;
       res.writeHead(404, { "content-type": "application/json" });
-      res.end(JSON.stringify({ code: "not_found", message: `no route for ${req.method} ${req.url}` }));
+      // The path is not echoed: it may carry anything (a key in a query parameter, say).
+      res.end(JSON.stringify({ code: "not_found", message: "no such route" }));
     },
   });
-  const server = http.createServer(connect);
-  // Slow clients must not hold sockets forever.
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
+  const { limits, refusals } = options;
+  const server = http.createServer(
+    {
+      headersTimeout: limits.headersTimeoutMs,
+      requestTimeout: limits.requestTimeoutMs,
+      // Node checks the two timeouts on this interval (30 s by default): a slow client would get that much more.
+      connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs),
+    },
+    connect,
+  );
+  // Slow clients must not hold sockets forever, nor many clients every file descriptor.
+  server.maxConnections = limits.maxConnections;
+  server.on("drop", () => refusals.httpConnectionLimit++);
+  server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
+    if (err.code === "ERR_HTTP_REQUEST_TIMEOUT") refusals.httpTimeout++;
+    // Node's default: a 400 (or 408) when the socket can still take it and no response has begun, else nothing.
+    if (socket.writable && !(socket as { _httpMessage?: unknown })._httpMessage) socket.end(err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n" : "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+    socket.destroy();
+  });
   return server;
 }
 

@@ -1,10 +1,11 @@
 import { describe, expect, it } from "vitest";
 import { VerifyStats } from "../../src/keys/verifier.js";
 import { Metrics } from "../../src/observability/metrics.js";
+import { Refusals } from "../../src/transport/refusals.js";
 
 describe("RPC duration histogram", () => {
   it("exports cumulative buckets, +Inf, sum and count per method, code and protocol", async () => {
-    const metrics = new Metrics({ verifier: { stats: new VerifyStats() }, cache: null, broadcast: null, lastUsed: { writes: 0 }, pool: null });
+    const metrics = new Metrics({ verifier: { stats: new VerifyStats() }, cache: null, broadcast: null, lastUsed: { writes: 0 }, pool: null, refusals: new Refusals() });
     const path = "/apikeys.v1.ApiKeyService/VerifyKey";
     for (const seconds of [0.0001, 0.0005, 0.003, 20]) metrics.recordRpc(path, 0, "grpc", seconds);
     metrics.recordRpc(path, 5, "connect", 0.002);
