@@ -138,7 +138,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     cache,
     broadcast,
     lastUsed,
-    pool: store instanceof MySqlStore ? store : null,
+    pool: store.poolStats !== undefined ? { poolStats: () => store.poolStats!() } : null,
     refusals,
   });
   // Answered verifications, from callers and from Envoy, are the hot path: logged at debug only (see rpc-log.ts).

@@ -218,6 +218,9 @@ export interface Store {
   /** Newest first. */
   listAuditEvents(query: AuditQuery): Promise<Page<AuditRecord>>;
 
+  /** Connection pool usage, for metrics; absent for a store without a pool (the in-memory one). */
+  poolStats?(): PoolStats;
+
   /** Records last-used times (organization → key → time) in one batch (a key's time only ever moves forward). */
   touchLastUsed(entries: ReadonlyMap<string, ReadonlyMap<string, number>>): Promise<void>;
 
@@ -228,6 +231,18 @@ export interface Store {
   pendingInvalidations(createdBefore: number, limit: number): Promise<OutboxEntry[]>;
   /** Deletes outbox rows (announced); one transaction per organization. Unknown ones are ignored. */
   deleteInvalidations(refs: readonly OutboxRef[]): Promise<void>;
+}
+
+/** A database connection pool's usage (apikeys_db_pool_* metrics). */
+export interface PoolStats {
+  /** Connections running a query or held by a transaction. */
+  inUse: number;
+  idle: number;
+  /** Calls waiting for a free connection. */
+  waiting: number;
+  max: number;
+  /** Transactions rolled back as a deadlock's victim, since start. */
+  deadlocks: number;
 }
 
 // ─── UsageLimiter ───────────────────────────────────────────────────────────

@@ -14,7 +14,7 @@ import type { RedisBroadcast } from "../broadcast/redis-broadcast.js";
 import type { LastUsedTracker } from "../keys/last-used.js";
 import type { Verifier } from "../keys/verifier.js";
 import type { VerifyCache } from "../keys/verify-cache.js";
-import type { PoolStats } from "../store/mysql-store.js";
+import type { PoolStats } from "../keys/ports.js";
 import type { HttpEndpoint } from "../transport/http-server.js";
 import type { Refusals } from "../transport/refusals.js";
 import { statusName } from "./grpc-status.js";

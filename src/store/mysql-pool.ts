@@ -4,6 +4,7 @@
 // would hang calls for good; here every statement and every wait is bounded,
 // and failures to reach the database become UNAVAILABLE.
 import mysql from "mysql2/promise";
+import type { PoolStats } from "../keys/ports.js";
 import type { ExecuteValues, FieldPacket, Pool, PoolConnection, QueryResult, QueryValues, ResultSetHeader } from "mysql2/promise";
 import { unavailable } from "../keys/errors.js";
 
@@ -66,7 +67,11 @@ export class TimedConnection {
    */
   broken = false;
 
-  constructor(private readonly conn: PoolConnection) {}
+  /** @param released told once, when the connection goes back to the pool or is destroyed */
+  constructor(
+    private readonly conn: PoolConnection,
+    private readonly released: () => void = () => {},
+  ) {}
 
   query<T extends QueryResult = ResultSetHeader>(sql: string, values?: QueryValues): Promise<[T, FieldPacket[]]> {
     if (statementHook !== null) statementHook(this.conn, sql, values as unknown[] | undefined);
@@ -112,6 +117,7 @@ export class TimedConnection {
   release(): void {
     if (this.broken) this.conn.destroy();
     else this.conn.release();
+    this.released();
   }
 
   private async timed<R>(statement: Promise<R>): Promise<R> {
@@ -310,10 +316,35 @@ export class TimedPool {
    * multi-statement queries (one round trip for most transactions). Off for
    * vtgate, which takes one statement per query (MYSQL_PIPELINING=false).
    */
+  /**
+   * Pool usage for metrics, counted here from this class's own acquires and
+   * the pool's public events: mysql2 has no API for it (its queues are private).
+   */
+  private open = 0;
+  private inUse = 0;
+  private waiting = 0;
+
   constructor(
     readonly pool: Pool,
     readonly pipelining = true,
-  ) {}
+  ) {
+    pool.on("connection", (conn) => {
+      this.open++;
+      // Closed by the server, by an error, by destroy() or by the pool's idle timeout: the socket closes in every case.
+      (conn as unknown as { stream: NodeJS.EventEmitter }).stream.once("close", () => this.open--);
+    });
+  }
+
+  /** Connections in use and idle, acquires waiting for one, the pool's limit, deadlocks so far. */
+  stats(): PoolStats {
+    return {
+      inUse: this.inUse,
+      idle: Math.max(0, this.open - this.inUse),
+      waiting: this.waiting,
+      max: this.pool.pool.config.connectionLimit ?? 10,
+      deadlocks: this.deadlocks,
+    };
+  }
 
   /**
    * A connection from the pool, waiting at most QUERY_TIMEOUT_MS: when every
@@ -322,17 +353,24 @@ export class TimedPool {
    */
   async acquire(): Promise<TimedConnection> {
     const pending = this.pool.getConnection();
-    const conn = await withinDeadline(
-      pending,
-      noConnectionInTime,
-      // A connection that turns up after the wait was given up goes straight back.
-      () =>
-        pending.then(
-          (late) => late.release(),
-          () => {},
-        ),
-    );
-    return new TimedConnection(conn);
+    this.waiting++;
+    let conn: PoolConnection;
+    try {
+      conn = await withinDeadline(
+        pending,
+        noConnectionInTime,
+        // A connection that turns up after the wait was given up goes straight back.
+        () =>
+          pending.then(
+            (late) => late.release(),
+            () => {},
+          ),
+      );
+    } finally {
+      this.waiting--;
+    }
+    this.inUse++;
+    return new TimedConnection(conn, () => this.inUse--);
   }
 
   /** Runs statements outside a transaction on one connection. */

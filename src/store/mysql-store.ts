@@ -18,23 +18,20 @@ import {
   normalizeLimits,
 } from "../keys/records.js";
 import { KEY_INSERT_COLUMNS, KEY_SELECT, type KeyRow, insertValues, limitValues, toKey } from "./keys-table.js";
+import { CreateBatcher } from "./create-batcher.js";
 import { nextPosition } from "./positions.js";
-import { unavailable } from "../keys/errors.js";
 import { SchemaBehindError, appliedVersions, pendingMigrations, runMigrations } from "./migrate.js";
 import {
   CONNECT_TIMEOUT_MS,
-  QUERY_TIMEOUT_MS,
   type Queryable,
   type Slot,
   type TimedConnection,
   TimedPool,
   type Transaction,
   createPool,
-  databaseUnavailable,
   duplicatePrimaryKey,
   errorCode,
   guard,
-  noConnectionInTime,
 } from "./mysql-pool.js";
 import type {
   AuditQuery,
@@ -47,6 +44,7 @@ import type {
   NewKey,
   OutboxEntry,
   OutboxRef,
+  PoolStats,
   Page,
   RemoveMemberCommand,
   RevokeKeyCommand,
@@ -122,47 +120,16 @@ interface AuditRow extends RowDataPacket {
   details: string;
 }
 
-export interface PoolStats {
-  /** Connections running a query or held by a transaction. */
-  inUse: number;
-  idle: number;
-  /** Queries waiting for a free connection. */
-  waiting: number;
-  max: number;
-  /** Transactions rolled back as a deadlock's victim, since start. */
-  deadlocks: number;
-}
 
 
-
-/**
- * Create batches written at once (see MySqlStore.createKey): CREATE_LANES; more, up to CREATE_LANES_MAX, once
- * the oldest waiting create has waited CREATE_SPILL_MS (a batch stuck behind a lock, or on a database that
- * stopped answering, must not hold up the others). A create that waited QUERY_TIMEOUT_MS for a lane fails
- * with UNAVAILABLE, as one that waited that long for a pooled connection does. One lane: under load, a
- * create waits for the batch being written and goes with the next; with two, batches were half as big and
- * MariaDB spent a third more CPU per create (bench, four alternating runs).
- */
-const CREATE_LANES = 1;
-const CREATE_LANES_MAX = 8;
-const CREATE_SPILL_MS = 50;
-/** Creates per batch at most. */
-const CREATE_BATCH_MAX = 32;
-
-interface QueuedCreate {
-  queuedAt: number;
-  input: NewKey;
-  resolve: (created: CreatedKey) => void;
-  reject: (err: unknown) => void;
-}
 
 export class MySqlStore implements Store {
   private readonly db: TimedPool;
-  /** Creates waiting for a lane, and the lanes writing a batch. */
-  private readonly creates: QueuedCreate[] = [];
-  private createLanesBusy = 0;
-  /** Looks again at the waiting creates while there are any (see CREATE_SPILL_MS). */
-  private createTimer: NodeJS.Timeout | null = null;
+  /** CreateKey's batching (create-batcher.ts); the writes are this store's. */
+  private readonly creates = new CreateBatcher({
+    createOne: (input) => this.createOne(input),
+    createMany: (inputs) => this.insertKeys(inputs),
+  });
 
   /** The read replica (MYSQL_REPLICA_URL), or null. */
   private readonly replica: TimedPool | null;
@@ -264,98 +231,14 @@ export class MySqlStore implements Store {
     return answer.value;
   }
 
-  /**
-   * Connection pool usage, for metrics (read when scraped, not per query).
-   * mysql2 has no public API for it, so this reads the pool's own queues.
-   */
+  /** Connection pool usage, for metrics (read when scraped, not per query). */
   poolStats(): PoolStats {
-    const core = this.db.pool.pool as unknown as {
-      _allConnections: { length: number };
-      _freeConnections: { length: number };
-      _connectionQueue: { length: number };
-      config: { connectionLimit: number };
-    };
-    const open = core._allConnections.length;
-    const idle = core._freeConnections.length;
-    return { inUse: open - idle, idle, waiting: core._connectionQueue.length, max: core.config.connectionLimit, deadlocks: this.db.deadlocks };
+    return this.db.stats();
   }
 
-  /**
-   * Creates are written in batches: those that arrive while a batch is
-   * being written (CREATE_LANES) wait and go together in the next one, as one
-   * multi-row transaction (one round trip, one commit). Under load this is
-   * most of a create's cost saved, for MySQL and for this process; one at a
-   * time, a create is a batch of one. Each create still answers only once
-   * its own rows are committed, and one that fails (a repeated request id,
-   * say) does not fail the others: the batch is rolled back and each is
-   * written on its own.
-   */
+  /** Written in batches with other creates of its organization (see CreateBatcher). */
   createKey(input: NewKey): Promise<CreatedKey> {
-    return new Promise((resolve, reject) => {
-      this.creates.push({ queuedAt: performance.now(), input, resolve, reject });
-      this.startCreateBatches();
-    });
-  }
-
-  private startCreateBatches(): void {
-    const now = performance.now();
-    while (this.creates.length > 0) {
-      const waited = now - this.creates[0].queuedAt;
-      if (waited >= QUERY_TIMEOUT_MS) {
-        this.creates.shift()!.reject(unavailable("database", noConnectionInTime()));
-        continue;
-      }
-      if (this.createLanesBusy >= (waited >= CREATE_SPILL_MS ? CREATE_LANES_MAX : CREATE_LANES)) break;
-      const batch = this.takeBatch();
-      this.createLanesBusy++;
-      void this.writeCreates(batch).finally(() => {
-        this.createLanesBusy--;
-        this.startCreateBatches();
-      });
-    }
-    if (this.creates.length > 0 && this.createTimer === null) {
-      this.createTimer = setTimeout(() => {
-        this.createTimer = null;
-        this.startCreateBatches();
-      }, CREATE_SPILL_MS);
-    }
-  }
-
-  /**
-   * The oldest waiting create and those of its organization queued after it,
-   * up to CREATE_BATCH_MAX: a transaction is about one organization (one
-   * shard under Vitess). The others keep their places.
-   */
-  private takeBatch(): QueuedCreate[] {
-    const organizationId = this.creates[0].input.key.organizationId;
-    const batch: QueuedCreate[] = [];
-    let kept = 0;
-    for (let i = 0; i < this.creates.length; i++) {
-      const create = this.creates[i];
-      if (batch.length < CREATE_BATCH_MAX && create.input.key.organizationId === organizationId) batch.push(create);
-      else this.creates[kept++] = create;
-    }
-    this.creates.length = kept;
-    return batch;
-  }
-
-  private async writeCreates(batch: QueuedCreate[]): Promise<void> {
-    if (batch.length === 1) {
-      const [one] = batch;
-      return this.createOne(one.input).then(one.resolve, one.reject);
-    }
-    try {
-      const created = await this.insertKeys(batch.map((c) => c.input));
-      batch.forEach((c, i) => c.resolve({ ...created[i], created: true }));
-    } catch (err) {
-      if (databaseUnavailable(err)) {
-        const error = unavailable("database", err);
-        for (const c of batch) c.reject(error);
-        return;
-      }
-      // Refused for one of them, most likely: each on its own gets its own answer, in the batch's order.
-      for (const c of batch) await this.writeCreates([c]);
-    }
+    return this.creates.add(input);
   }
 
   private createOne(input: NewKey): Promise<CreatedKey> {
