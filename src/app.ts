@@ -18,6 +18,8 @@ import type { Invalidator } from "./keys/ports.js";
 import { KeyService } from "./keys/key-service.js";
 import { LastUsedTracker } from "./keys/last-used.js";
 import { OrganizationService } from "./keys/organization-service.js";
+import { Membership } from "./keys/membership.js";
+import { UnknownKeyBudget } from "./keys/unknown-key-budget.js";
 import { Verifier } from "./keys/verifier.js";
 import { VerifyCache } from "./keys/verify-cache.js";
 import { MemoryUsageLimiter } from "./limits/memory-usage-limiter.js";
@@ -55,6 +57,9 @@ export interface App {
   readonly organizations: OrganizationService;
   readonly verifier: Verifier;
   readonly cache: VerifyCache | null;
+  /** The membership filter of stored secret hashes (null when off, or without a cache). */
+  readonly membership: Membership | null;
+  readonly unknownBudget: UnknownKeyBudget | null;
   /** The Redis broadcast (null in dev mode, where one process needs none). */
   readonly broadcast: RedisBroadcast | null;
   readonly lastUsed: LastUsedTracker;
@@ -91,7 +96,22 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const hasher = new SecretHasher(config.pepper, config.previousPepper);
   const cache =
     config.cacheMaxEntries > 0
-      ? new VerifyCache({ maxEntries: config.cacheMaxEntries, ttlMs: config.cacheTtlMs, negativeTtlMs: config.negativeCacheTtlMs })
+      ? new VerifyCache({
+          maxEntries: config.cacheMaxEntries,
+          ttlMs: config.cacheTtlMs,
+          negativeTtlMs: config.negativeCacheTtlMs,
+          negativeMaxEntries: config.negativeCacheMaxEntries,
+        })
+      : null;
+  // Complete only while every "created" announcement reaches it, which the cache's lease vouches for: none without a cache.
+  const membership =
+    cache !== null && config.membershipFilter
+      ? new Membership({ store, logger, trusted: config.dev ? null : () => cache.isTrusted() })
+      : null;
+  if (cache !== null) cache.membership = membership;
+  const unknownBudget =
+    config.unknownLookupsPerSecond > 0 && config.unknownLookupsPerCallerPerSecond > 0
+      ? new UnknownKeyBudget({ perSecond: config.unknownLookupsPerSecond, perCallerPerSecond: config.unknownLookupsPerCallerPerSecond })
       : null;
   const broadcast = config.dev
     ? null
@@ -116,7 +136,15 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const lastUsed = new LastUsedTracker(store, config.lastUsedFlushMs, (err) =>
     logger.warn({ err }, "writing last-used times failed; will retry"),
   );
-  const keys = new KeyService({ store, hasher, policy: config.policy, invalidator, defaultPrefix: config.defaultPrefix, now });
+  const keys = new KeyService({
+    store,
+    hasher,
+    policy: config.policy,
+    invalidator,
+    defaultPrefix: config.defaultPrefix,
+    announceSecrets: membership !== null,
+    now,
+  });
   const organizations = new OrganizationService({ store, policy: config.policy, invalidator, now });
   // The credit ledger lives beside the store: in MySQL, or in memory when the store is.
   const limiter: ManagedUsageLimiter = config.dev
@@ -127,7 +155,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         flushIntervalMs: config.creditFlushMs,
         logger,
       });
-  const verifier = new Verifier({ store, hasher, cache, lastUsed, limiter, now });
+  const verifier = new Verifier({ store, hasher, cache, lastUsed, limiter, membership, unknownBudget, now });
 
   const auth = new CallerAuth(config.callers, config.allowUnauthenticated);
   const bindings = [apiKeyBinding(keys, verifier), organizationBinding(organizations)];
@@ -136,6 +164,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const metrics = new Metrics({
     verifier,
     cache,
+    membership,
+    unknownBudget,
     broadcast,
     lastUsed,
     pool: store.poolStats !== undefined ? { poolStats: () => store.poolStats!() } : null,
@@ -196,6 +226,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     organizations,
     verifier,
     cache,
+    membership,
+    unknownBudget,
     broadcast,
     lastUsed,
     limiter,
@@ -205,6 +237,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     metrics,
     async start() {
       await broadcast?.start();
+      // After subscribing: from here on, every key created anywhere reaches the filter being loaded.
+      await membership?.load().catch((err: unknown) =>
+        logger.warn({ err: err instanceof Error ? err.message : String(err) }, "loading the key membership filter failed; unknown keys go to the database"),
+      );
       outbox.start();
       await limiter.start();
       await health.start();

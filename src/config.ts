@@ -35,6 +35,13 @@ export interface Config {
   cacheMaxEntries: number;
   cacheTtlMs: number;
   negativeCacheTtlMs: number;
+  /** Unknown keys the cache remembers, apart from known ones (so forged keys never push real keys out). */
+  negativeCacheMaxEntries: number;
+  /** The membership filter of stored secret hashes: unknown keys answered without a lookup (src/keys/membership.ts). */
+  membershipFilter: boolean;
+  /** Database lookups that find nothing, per second: all callers, and each caller (src/keys/unknown-key-budget.ts); 0 = unbounded. */
+  unknownLookupsPerSecond: number;
+  unknownLookupsPerCallerPerSecond: number;
   /** How long a cache stays trusted without hearing back from Redis (see src/broadcast/redis-broadcast.ts). */
   cacheLeaseMs: number;
   /** How often the invalidation outbox is polled, and how old a row must be to be published by it (docs/revocation.md). */
@@ -382,6 +389,10 @@ export function loadConfig(env: Env, options: { dev: boolean }): Config {
     cacheMaxEntries: int(env, "CACHE_MAX_ENTRIES", 100_000, 0, 10_000_000),
     cacheTtlMs: int(env, "CACHE_TTL_SECONDS", 300, 1, 86_400) * 1000,
     negativeCacheTtlMs: int(env, "NEGATIVE_CACHE_TTL_SECONDS", 30, 1, 3600) * 1000,
+    negativeCacheMaxEntries: int(env, "NEGATIVE_CACHE_MAX_ENTRIES", 10_000, 0, 10_000_000),
+    membershipFilter: env.MEMBERSHIP_FILTER === undefined || env.MEMBERSHIP_FILTER === "" ? true : bool(env, "MEMBERSHIP_FILTER"),
+    unknownLookupsPerSecond: int(env, "UNKNOWN_KEY_LOOKUPS_PER_SECOND", 1000, 0, 1_000_000),
+    unknownLookupsPerCallerPerSecond: int(env, "UNKNOWN_KEY_LOOKUPS_PER_CALLER_PER_SECOND", 200, 0, 1_000_000),
     cacheLeaseMs: int(env, "CACHE_LEASE_MS", 1500, 100, 60_000),
     outboxPollMs: int(env, "OUTBOX_POLL_MS", 1000, 100, 60_000),
     lastUsedFlushMs: int(env, "LAST_USED_FLUSH_SECONDS", 5, 1, 3600) * 1000,

@@ -4,6 +4,7 @@
 // instance derives from the shared KEY_PEPPER, is rejected (the caller counts
 // it and distrusts its cache). See docs/revocation.md.
 import { createHmac, timingSafeEqual } from "node:crypto";
+import { MARK } from "../keys/membership.js";
 import type { Invalidation } from "../keys/ports.js";
 
 /**
@@ -151,6 +152,10 @@ function isSeq(v: unknown): v is number {
   return typeof v === "number" && Number.isSafeInteger(v) && v > 0;
 }
 
+function isMark(v: unknown): v is string {
+  return typeof v === "string" && MARK.test(v);
+}
+
 function isId(v: unknown): v is string {
   return typeof v === "string" && ID.test(v);
 }
@@ -161,6 +166,9 @@ function isInvalidation(v: unknown): v is Invalidation {
   switch (e.kind) {
     case "keys":
       return exactKeys(e, ["kind", "keyIds"]) && Array.isArray(e.keyIds) && e.keyIds.length > 0 && e.keyIds.every(isId);
+    case "created":
+      // At most a bulk's worth; each mark is 8 bytes of a secret's hash (src/keys/membership.ts).
+      return exactKeys(e, ["kind", "marks"]) && Array.isArray(e.marks) && e.marks.length > 0 && e.marks.length <= 100_000 && e.marks.every(isMark);
     case "member":
       return exactKeys(e, ["kind", "organizationId", "userId"]) && isId(e.organizationId) && isId(e.userId);
     case "org":

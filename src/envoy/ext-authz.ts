@@ -107,7 +107,7 @@ export class ExtAuthz {
    * denial. A gRPC error would be worse than a wrong status code: Envoy
    * configured with failure_mode_allow lets the request through on one.
    */
-  check(req: CheckRequest, organizations: OrganizationScope | null = null): CheckResponse | Promise<CheckResponse> {
+  check(req: CheckRequest, organizations: OrganizationScope | null = null, caller = ""): CheckResponse | Promise<CheckResponse> {
     let answer: VerifyKeyResponse | Promise<VerifyKeyResponse>;
     let credential: Credential | null;
     try {
@@ -122,7 +122,7 @@ export class ExtAuthz {
         requiredScopes: this.requiredScopes(extensions, headers),
         cost: parseCost(extensions[CONTEXT_EXTENSIONS.cost]),
       });
-      answer = this.verifier.verify(verifyRequest, organizations);
+      answer = this.verifier.verify(verifyRequest, organizations, caller);
     } catch (err) {
       return this.failed(err);
     }
@@ -183,7 +183,7 @@ export function extAuthzBinding(extAuthz: ExtAuthz, maxMessageBytes: number): Se
     maxMessageBytes,
     unreadable: () => deny("BAD_REQUEST"),
     // An Envoy caller limited to some organizations denies another's keys as unknown (see Verifier.verify).
-    handlers: { check: (req, call) => extAuthz.check(req, call.organizations) },
+    handlers: { check: (req, call) => extAuthz.check(req, call.organizations, call.caller) },
     access: () => "verify",
   };
 }

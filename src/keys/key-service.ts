@@ -32,6 +32,7 @@ import type { CallContext } from "./call-context.js";
 import { ApiError, Status, invalidArgument, keyNotFound } from "./errors.js";
 import type { SecretHasher } from "./hashing.js";
 import type { Invalidation, Invalidator } from "./ports.js";
+import { hashMark } from "./membership.js";
 import { generateSecret, newKeyId, previewOf } from "./key-format.js";
 import { toApiKey } from "./mapping.js";
 import { decodePageToken, encodePageToken } from "./page-token.js";
@@ -58,6 +59,8 @@ export interface KeyServiceOptions {
   policy: KeyPolicy;
   invalidator: Invalidator;
   defaultPrefix: string;
+  /** Announce every new secret ("created"), for the instances' membership filters (src/keys/membership.ts). */
+  announceSecrets?: boolean;
   now?: () => number;
 }
 
@@ -69,6 +72,7 @@ export class KeyService {
   private readonly policy: KeyPolicy;
   private readonly invalidator: Invalidator;
   private readonly defaultPrefix: string;
+  private readonly announceSecrets: boolean;
   private readonly now: () => number;
 
   constructor(options: KeyServiceOptions) {
@@ -77,6 +81,7 @@ export class KeyService {
     this.policy = options.policy;
     this.invalidator = options.invalidator;
     this.defaultPrefix = checkPrefix(options.defaultPrefix);
+    this.announceSecrets = options.announceSecrets ?? false;
     this.now = options.now ?? Date.now;
   }
 
@@ -125,9 +130,10 @@ export class KeyService {
       metadata,
       limits,
     };
+    const hash = this.hasher.hash(secret);
     const result = await this.store.createKey({
       key,
-      hash: this.hasher.hash(secret),
+      hash,
       enrollRole,
       // Idempotency is per caller: two callers never collide on a request id.
       requestId: requestId === "" ? "" : `${call.caller}/${requestId}`,
@@ -143,7 +149,11 @@ export class KeyService {
     // Only when the creator was added as a member may instances hold their other keys as a non-member's; a
     // broadcast on every create would cost each CreateKey a Redis round trip, every instance's ack and a scan
     // of every instance's cache, for nothing.
-    if (result.memberChanged) await this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId: actor.userId });
+    const announced: Promise<void>[] = [];
+    if (result.memberChanged) announced.push(this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId: actor.userId }));
+    // Every instance's membership filter holds the new secret before this returns, so it verifies everywhere at once.
+    if (result.created && this.announceSecrets) announced.push(this.invalidator.invalidate({ kind: "created", marks: [hashMark(hash)] }));
+    await Promise.all(announced);
     return create(CreateKeyResponseSchema, {
       key: toApiKey(result.key, now),
       secret: result.created ? secret : "",
@@ -280,16 +290,20 @@ export class KeyService {
     const secret = generateSecret(key.prefix);
     const audit = auditEvent(call, actor, orgId, "key.rotate", now, keyId, { grace_seconds: String(Math.floor(grace / 1000)) });
     const invalidation: Invalidation = { kind: "keys", keyIds: [keyId] };
+    const newHash = this.hasher.hash(secret);
     const rotated = await this.store.rotateKey({
       organizationId: orgId,
       keyId,
-      rotation: { newHash: this.hasher.hash(secret), newPreview: previewOf(secret), oldSecretExpireTime: now + grace },
+      rotation: { newHash, newPreview: previewOf(secret), oldSecretExpireTime: now + grace },
       now,
       audit,
       invalidation,
     });
     if (!rotated) throw await this.notChanged(orgId, keyId, "rotated");
-    await this.invalidator.invalidate(invalidation, { organizationId: orgId, id: audit.id });
+    await Promise.all([
+      this.invalidator.invalidate(invalidation, { organizationId: orgId, id: audit.id }),
+      this.announceSecrets ? this.invalidator.invalidate({ kind: "created", marks: [hashMark(newHash)] }) : undefined,
+    ]);
     return create(RotateKeyResponseSchema, { key: toApiKey(rotated, now), secret });
   }
 

@@ -188,6 +188,10 @@ export interface Store {
    * committed before that invalidation arrived. Without it, the store reads its primary.
    */
   findByHash(hash: Buffer, freshness?: number): Promise<VerifyRecord | null>;
+  /** How many secret hashes are stored (sizes the membership filter, src/keys/membership.ts). */
+  countSecretHashes(): Promise<number>;
+  /** Up to `limit` stored secret hashes greater than `after` (null: from the first), in byte order. */
+  scanSecretHashes(after: Buffer | null, limit: number): Promise<Buffer[]>;
   /**
    * Replaces a secret's stored hash (pepper rotation: the hash under the
    * previous pepper becomes the hash under the current one), keeping its key
@@ -312,6 +316,8 @@ export interface CreditLedger {
 
 export type Invalidation =
   | { kind: "keys"; keyIds: string[] }
+  /** New secrets (CreateKey, RotateKey): the first 8 bytes of each hash, hex, for every instance's membership filter. */
+  | { kind: "created"; marks: string[] }
   | { kind: "member"; organizationId: string; userId: string }
   | { kind: "org"; organizationId: string };
 

@@ -14,6 +14,8 @@ import { ApiError, invalidArgument, unavailable } from "./errors.js";
 import type { SecretHasher } from "./hashing.js";
 import { isWellFormed } from "./key-format.js";
 import type { LastUsedTracker } from "./last-used.js";
+import type { Membership } from "./membership.js";
+import type { UnknownKeyBudget } from "./unknown-key-budget.js";
 import type { Store, UsageLimiter, UsageOutcome } from "./ports.js";
 import type { VerifyRecord } from "./records.js";
 import { LIMITS, checkScopeBounds } from "./validation.js";
@@ -28,6 +30,10 @@ export interface VerifierOptions {
   lastUsed: LastUsedTracker;
   /** Enforces Limits; null when no key may have limits (e.g. unit tests). */
   limiter: UsageLimiter | null;
+  /** Rules out unknown keys without a lookup (src/keys/membership.ts); null = off. */
+  membership?: Membership | null;
+  /** Bounds lookups that find nothing (src/keys/unknown-key-budget.ts); null = unbounded. */
+  unknownBudget?: UnknownKeyBudget | null;
   now?: () => number;
 }
 
@@ -48,6 +54,8 @@ export class Verifier {
   private readonly cache: VerifyCache | null;
   private readonly lastUsed: LastUsedTracker;
   private readonly limiter: UsageLimiter | null;
+  private readonly membership: Membership | null;
+  private readonly unknownBudget: UnknownKeyBudget | null;
   private readonly now: () => number;
   readonly stats = new VerifyStats();
 
@@ -57,6 +65,8 @@ export class Verifier {
     this.cache = options.cache;
     this.lastUsed = options.lastUsed;
     this.limiter = options.limiter;
+    this.membership = options.membership ?? null;
+    this.unknownBudget = options.unknownBudget ?? null;
     this.now = options.now ?? Date.now;
   }
 
@@ -65,22 +75,43 @@ export class Verifier {
    * of another organization is NOT_FOUND to it, exactly as a key that does not
    * exist (same answer, same bytes), and it is not used: no credits consumed,
    * no last-used time. So a gateway of one tenant learns nothing about, and
-   * spends nothing of, another tenant's keys.
+   * spends nothing of, another tenant's keys. `caller`: whose budget of
+   * lookups for unknown keys a miss spends (see UnknownKeyBudget).
    */
-  verify(req: VerifyKeyRequest, organizations: OrganizationScope | null = null): VerifyKeyResponse | Promise<VerifyKeyResponse> {
+  verify(req: VerifyKeyRequest, organizations: OrganizationScope | null = null, caller = ""): VerifyKeyResponse | Promise<VerifyKeyResponse> {
     const key = req.key;
     if (key.length === 0) throw invalidArgument("key", "is required");
     if (key.length > LIMITS.keyLength) throw invalidArgument("key", `must be at most ${LIMITS.keyLength} characters`);
     checkScopeBounds("required_scopes", req.requiredScopes);
     const cache = this.cache;
-    if (cache === null) return this.malformed(key) ?? this.load(null, req, organizations);
+    if (cache === null) return this.malformed(key) ?? this.miss(null, req, organizations, caller);
     // The cache first: only well-formed keys are ever cached, so a hit needs no
     // shape or checksum check (a third of a cached call's own CPU); a miss gets one.
     const cacheKey = this.hasher.cacheKey(key);
     const now = this.now();
     const cached = cache.get(cacheKey, now);
     if (cached !== undefined) return this.answer(cached, req, now, organizations);
-    return this.malformed(key) ?? this.load(cacheKey, req, organizations);
+    return this.malformed(key) ?? this.miss(cacheKey, req, organizations, caller);
+  }
+
+  /**
+   * A well-formed key the cache does not hold: NOT_FOUND at once when the
+   * membership filter rules its hash out (no lookup, no promise), else the database.
+   */
+  private miss(
+    cacheKey: string | null,
+    req: VerifyKeyRequest,
+    organizations: OrganizationScope | null,
+    caller: string,
+  ): VerifyKeyResponse | Promise<VerifyKeyResponse> {
+    // The stored hash is the peppered HMAC; only misses pay for it.
+    const hash = this.hasher.hash(req.key);
+    const membership = this.membership;
+    if (membership !== null && membership.excludes(hash, this.hasher.previousHash(req.key))) {
+      this.stats.byCode[VerifyCode.NOT_FOUND]++;
+      return NOT_FOUND;
+    }
+    return this.load(cacheKey, hash, req, organizations, caller);
   }
 
   /** NOT_FOUND for a key that cannot be one (wrong shape or checksum): no lookup, nothing cached. */
@@ -92,15 +123,22 @@ export class Verifier {
   }
 
   /** From the database; `cacheKey` is null when there is no cache (nothing to key). */
-  private async load(cacheKey: string | null, req: VerifyKeyRequest, organizations: OrganizationScope | null): Promise<VerifyKeyResponse> {
+  private async load(
+    cacheKey: string | null,
+    hash: Buffer,
+    req: VerifyKeyRequest,
+    organizations: OrganizationScope | null,
+    caller: string,
+  ): Promise<VerifyKeyResponse> {
     const cache = this.cache;
     const generation = cache ? cache.generation : 0;
+    const budget = this.unknownBudget;
+    budget?.check(caller, this.now());
     let value: CacheValue;
     try {
-      // The stored hash is the peppered HMAC; only misses pay for it.
-      const hash = this.hasher.hash(req.key);
       const record =
         (await this.store.findByHash(hash, cache?.generation)) ?? (await this.findUnderPreviousPepper(req.key, hash, cache?.generation));
+      if (record === null) budget?.spend(caller, this.now());
       value = record === null ? UNKNOWN : buildEntry(record, this.now());
     } catch (err) {
       // Never "not found" because a dependency failed.
@@ -120,7 +158,11 @@ export class Verifier {
     const previous = this.hasher.previousHash(secret);
     if (previous === null) return null;
     const record = await this.store.findByHash(previous, freshness);
-    if (record !== null && (await this.store.replaceSecretHash(record.key.organizationId, record.key.id, previous, hash))) this.stats.rehashed++;
+    if (record !== null && (await this.store.replaceSecretHash(record.key.organizationId, record.key.id, previous, hash))) {
+      this.stats.rehashed++;
+      // Other instances still find it: their filters hold the previous hash, which they check too.
+      this.membership?.addHash(hash);
+    }
     return record;
   }
 

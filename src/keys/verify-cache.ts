@@ -5,7 +5,9 @@
 // only the few facts verification decides on and its answer already encoded;
 // the ApiKey and Principal messages are not kept (at 100k cached keys they
 // were most of the process's heap). Negative entries remember unknown hashes
-// so floods of well-formed but unknown keys do not reach the database.
+// so floods of well-formed but unknown keys do not reach the database; they
+// have an LRU of their own (NEGATIVE_CACHE_MAX_ENTRIES), so a flood of forged
+// keys never pushes real keys out.
 //
 // Correctness rules:
 // - Every invalidation bumps `generation`; a database load that started before
@@ -18,6 +20,7 @@
 //   itself (see docs/revocation.md).
 import { LRUCache } from "lru-cache";
 import { AnswerSlabs, type EncodedVerifyKeyResponse, encodeAnswer } from "./answer.js";
+import type { Membership } from "./membership.js";
 import type { Invalidation, LimitedKey } from "./ports.js";
 import type { VerifyRecord } from "./records.js";
 import { type ScopeRules, expiryOf, scopeRules, stateAtLoad } from "./verification.js";
@@ -62,6 +65,8 @@ export interface VerifyCacheOptions {
   maxEntries: number;
   ttlMs: number;
   negativeTtlMs: number;
+  /** Unknown keys remembered, at most; 0 = none. Apart from maxEntries, so unknown keys never evict known ones. */
+  negativeMaxEntries?: number;
   /** The clock of the trust lease: monotonic milliseconds (performance.now); tests pass a fake one. */
   monotonicNow?: () => number;
 }
@@ -116,7 +121,9 @@ export class VerifyCache {
   private trustedUntil = Number.POSITIVE_INFINITY;
   private readonly monotonicNow: () => number;
   private readonly lru: LRUCache<string, CacheValue>;
-  private readonly negativeTtlMs: number;
+  private readonly negative: LRUCache<string, true> | null;
+  /** Told about new secrets and about missed broadcasts (src/keys/membership.ts); null without a filter. */
+  membership: Membership | null = null;
   // Secondary indexes of positive entries, so an invalidation touches only the
   // entries it concerns instead of scanning the cache (which at 100k entries
   // blocked the event loop for tens of milliseconds on every instance). Kept
@@ -148,7 +155,11 @@ export class VerifyCache {
         this.slabs.release(value.answer);
       },
     });
-    this.negativeTtlMs = options.negativeTtlMs;
+    const negativeMax = options.negativeMaxEntries ?? Math.max(1, Math.floor(options.maxEntries / 10));
+    this.negative =
+      negativeMax > 0
+        ? new LRUCache({ max: negativeMax, ttl: options.negativeTtlMs, ttlResolution: 0, perf: { now: () => this.clock }, updateAgeOnGet: false })
+        : null;
     this.monotonicNow = options.monotonicNow ?? performanceNow;
   }
 
@@ -160,7 +171,7 @@ export class VerifyCache {
   get(cacheKey: string, now: number): CacheValue | undefined {
     if (this.monotonicNow() >= this.trustedUntil) return undefined;
     this.clock = now;
-    const hit = this.lru.get(cacheKey);
+    const hit = this.lru.get(cacheKey) ?? (this.negative?.get(cacheKey) === true ? UNKNOWN : undefined);
     if (hit === undefined) {
       this.misses++;
       return undefined;
@@ -173,17 +184,25 @@ export class VerifyCache {
   set(cacheKey: string, value: CacheValue, generation: number, now: number): void {
     if (generation !== this.generation || this.monotonicNow() >= this.trustedUntil) return;
     this.clock = now;
-    this.lru.set(cacheKey, value, value === UNKNOWN ? { ttl: this.negativeTtlMs } : undefined);
-    if (isKnown(value)) {
-      addSecret(this.byKey, value.keyId, cacheKey);
-      addTo(this.byOrg, value.organizationId, cacheKey);
-      this.slabs.adopt(value.answer);
+    if (!isKnown(value)) {
+      this.negative?.set(cacheKey, true);
+      return;
     }
+    this.lru.set(cacheKey, value);
+    addSecret(this.byKey, value.keyId, cacheKey);
+    addTo(this.byOrg, value.organizationId, cacheKey);
+    this.slabs.adopt(value.answer);
   }
 
   /** Drops every entry the change could affect. */
   apply(event: Invalidation): void {
+    // Bumped for "created" too: a lookup after it must see the new secret (a replica read asks for this freshness).
     this.generation++;
+    if (event.kind === "created") {
+      // Nothing cached can be stale because of a secret nobody knew before. Only the membership filter learns something.
+      this.membership?.addMarks(event.marks);
+      return;
+    }
     switch (event.kind) {
       case "keys":
         for (const id of event.keyIds) this.evict(this.byKey.get(id), () => true);
@@ -204,6 +223,8 @@ export class VerifyCache {
     // Fresh slabs first: releasing every answer one by one would move half of them around for nothing.
     this.slabs = new AnswerSlabs();
     this.lru.clear();
+    this.negative?.clear();
+    this.membership?.lost();
   }
 
   /** Trusts the cache until `until` (monotonic ms, see monotonicNow), unless already trusted for longer. */
@@ -212,7 +233,12 @@ export class VerifyCache {
   }
 
   get size(): number {
-    return this.lru.size;
+    return this.lru.size + (this.negative?.size ?? 0);
+  }
+
+  /** Unknown keys remembered. */
+  get negativeSize(): number {
+    return this.negative?.size ?? 0;
   }
 
   private evict(cacheKeys: string | Set<string> | undefined, match: (e: VerifyEntry) => boolean): void {

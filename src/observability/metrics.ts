@@ -12,6 +12,8 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
 import { VerifyCodeSchema } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { RedisBroadcast } from "../broadcast/redis-broadcast.js";
 import type { LastUsedTracker } from "../keys/last-used.js";
+import type { Membership } from "../keys/membership.js";
+import type { UnknownKeyBudget } from "../keys/unknown-key-budget.js";
 import type { Verifier } from "../keys/verifier.js";
 import type { VerifyCache } from "../keys/verify-cache.js";
 import type { PoolStats } from "../keys/ports.js";
@@ -23,6 +25,8 @@ import { clusterMetrics, isWorker, shareMetrics } from "../workers.js";
 export interface MetricsSources {
   verifier: Pick<Verifier, "stats">;
   cache: VerifyCache | null;
+  membership?: Pick<Membership, "stats" | "ready" | "bytes"> | null;
+  unknownBudget?: Pick<UnknownKeyBudget, "spent" | "refused"> | null;
   broadcast: Pick<RedisBroadcast, "stats"> | null;
   lastUsed: Pick<LastUsedTracker, "writes">;
   /** The database connection pool, when the store has one. */
@@ -94,6 +98,19 @@ export class Metrics {
       gauge(registers, "apikeys_verify_cache_trusted", "1 while this instance may answer from its cache (its Redis lease is current).", () =>
         cache.isTrusted() ? 1 : 0,
       );
+    }
+    const { membership, unknownBudget } = sources;
+    if (membership) {
+      const m = membership.stats;
+      counter(registers, "apikeys_membership_ruled_out_total", "Unknown keys answered from the membership filter, without a database lookup.", () => m.ruledOut);
+      gauge(registers, "apikeys_membership_ready", "1 while the membership filter is loaded and in use.", () => (membership.ready ? 1 : 0));
+      gauge(registers, "apikeys_membership_bytes", "Memory of the membership filter.", () => membership.bytes);
+      gauge(registers, "apikeys_membership_load_seconds", "How long the last load of the membership filter took.", () => m.lastLoadMs / 1000);
+    }
+    if (cache) gauge(registers, "apikeys_verify_cache_unknown_entries", "Unknown keys the cache remembers (NEGATIVE_CACHE_MAX_ENTRIES at most).", () => cache.negativeSize);
+    if (unknownBudget) {
+      counter(registers, "apikeys_unknown_key_lookups_total", "Database lookups that found no key.", () => unknownBudget.spent);
+      counter(registers, "apikeys_unknown_key_refused_total", "Cache misses refused (RESOURCE_EXHAUSTED) because a caller or all callers used up the unknown-key budget.", () => unknownBudget.refused);
     }
     if (broadcast) {
       const s = broadcast.stats;

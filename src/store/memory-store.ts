@@ -118,6 +118,19 @@ export class MemoryStore implements Store {
     return pageOf(rows, query.limit);
   }
 
+  async countSecretHashes(): Promise<number> {
+    return this.secrets.size;
+  }
+
+  async scanSecretHashes(after: Buffer | null, limit: number): Promise<Buffer[]> {
+    const from = after === null ? "" : after.toString("hex");
+    return [...this.secrets.keys()]
+      .filter((h) => h > from)
+      .sort()
+      .slice(0, limit)
+      .map((h) => Buffer.from(h, "hex"));
+  }
+
   async findByHash(hash: Buffer): Promise<VerifyRecord | null> {
     const secret = this.secrets.get(hash.toString("hex"));
     if (secret === undefined) return null;

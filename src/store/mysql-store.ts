@@ -88,6 +88,10 @@ const MEMBER_REMOVED_REASON = "member removed";
  */
 export const LOOKUP_HASH_SQL = "SELECT organization_id, key_id FROM key_lookup WHERE hash = ?";
 
+/** The membership filter's load (src/keys/membership.ts): every hash, in primary-key order, a batch at a time. */
+export const COUNT_HASHES_SQL = "SELECT COUNT(*) AS n FROM key_lookup";
+export const SCAN_HASHES_SQL = "SELECT hash FROM key_lookup WHERE hash > ? ORDER BY hash LIMIT ?";
+
 /**
  * VerifyKey's second query, on the organization's shard: the secret by
  * primary key, joined on the organization to the key, its creator's
@@ -329,6 +333,20 @@ export class MySqlStore implements Store {
         // No organization row: nobody has switched it off.
         orgEnabled: row.api_access_enabled !== 0,
       };
+    });
+  }
+
+  countSecretHashes(): Promise<number> {
+    return guard(async () => {
+      const [rows] = await this.db.run((db) => db.query<RowDataPacket[]>(COUNT_HASHES_SQL));
+      return Number(rows[0].n);
+    });
+  }
+
+  scanSecretHashes(after: Buffer | null, limit: number): Promise<Buffer[]> {
+    return guard(async () => {
+      const [rows] = await this.db.run((db) => db.query<RowDataPacket[]>(SCAN_HASHES_SQL, [after ?? Buffer.alloc(0), limit]));
+      return rows.map((r) => r.hash as Buffer);
     });
   }
 

@@ -90,7 +90,7 @@ function streamed(correlationId: number, response: VerifyKeyResponse): VerifyKey
 export function apiKeyBinding(keys: KeyService, verifier: Verifier): ServiceBinding<(typeof ApiKeyService)["method"]> {
   // A caller limited to some organizations is told NOT_FOUND for another's key (see Verifier.verify).
   const verifyKey: Handler<typeof VerifyKeyRequestSchema, typeof ApiKeyService.method.verifyKey.output> = (req, call) =>
-    verifier.verify(req, call.organizations);
+    verifier.verify(req, call.organizations, call.caller);
   return {
     service: ApiKeyService,
     handlers: {

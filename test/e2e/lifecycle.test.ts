@@ -4,7 +4,7 @@
 // and the audit trail that records all of it.
 import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { type ApiKey, type AuditEvent, KeyState, Role, VerifyCode } from "../../gen/apikeys/v1/apikeys_pb.js";
 import { type TestServer, startServer } from "../helpers/server.js";
 import { expectDenied, expectError, verifyCached } from "./products/product-checks.js";
@@ -292,8 +292,9 @@ describe("key lifecycle (MariaDB + Redis, injected clock)", () => {
   describe("CreateKey and memberships", () => {
     it("announces a membership change only when CreateKey adds the creator; a claimed role never changes a member's", async () => {
       const org = newOrg();
-      const stats = s.app.broadcast!.stats;
-      const published = () => stats.published;
+      // Member changes only: every CreateKey also announces its new secret to the instances' membership filters.
+      const spy = vi.spyOn(s.app.broadcast!, "invalidate");
+      const published = () => spy.mock.calls.filter(([event]) => event.kind === "member").length;
       const creator = { userId: "u_creator", role: Role.MEMBER };
 
       let before = published();
@@ -311,6 +312,7 @@ describe("key lifecycle (MariaDB + Redis, injected clock)", () => {
       await createKey(org, { ...creator, role: Role.ADMIN });
       expect(published() - before, "another claimed role").toBe(0);
       expect((await verify(first.secret)).principal?.role).toBe(Role.MEMBER);
+      spy.mockRestore();
     });
   });
 
