@@ -96,6 +96,8 @@ describe("a flood of forged keys (no filter)", () => {
     s = await startServer({
       env: {
         MEMBERSHIP_FILTER: "false",
+        // A long lease: on a loaded machine a late ping must not empty the cache this test looks at.
+        CACHE_LEASE_MS: "60000",
         UNKNOWN_KEY_LOOKUPS_PER_SECOND: "1000",
         UNKNOWN_KEY_LOOKUPS_PER_CALLER_PER_SECOND: "20",
         NEGATIVE_CACHE_MAX_ENTRIES: "100",
@@ -110,13 +112,14 @@ describe("a flood of forged keys (no filter)", () => {
 
   it("keeps real keys cached, bounds the lookups, and refuses the flooder's misses with RESOURCE_EXHAUSTED", async () => {
     const real = await Promise.all(
-      Array.from({ length: 50 }, (_, i) => s.connect.createKey({ organizationId: "org_f", actor: owner, name: `real${i}` })),
+      Array.from({ length: 20 }, (_, i) => s.connect.createKey({ organizationId: "org_f", actor: owner, name: `real${i}` })),
     );
     for (const k of real) expect((await s.grpc.call("verifyKey", { key: k.secret })).code).toBe(VerifyCode.VALID);
     const spent = s.app.unknownBudget!.spent;
     const started = Date.now();
     let refused = 0;
-    for (let i = 0; i < 500; i++) {
+    await until(() => s.app.cache!.isTrusted());
+    for (let i = 0; i < 150; i++) {
       try {
         expect((await s.grpc.call("verifyKey", { key: generateSecret("sk") })).code).toBe(VerifyCode.NOT_FOUND);
       } catch (err) {
@@ -128,11 +131,11 @@ describe("a flood of forged keys (no filter)", () => {
     const looked = s.app.unknownBudget!.spent - spent;
     // One second's burst plus the refill while the flood ran.
     expect(looked).toBeLessThanOrEqual(20 + Math.ceil(20 * seconds) + 1);
-    expect(refused).toBe(500 - looked);
+    expect(refused).toBe(150 - looked);
     expect(s.app.cache!.negativeSize).toBeLessThanOrEqual(100);
     // Every real key is still answered from the cache, forged keys notwithstanding.
     const hits = s.app.cache!.hits;
     for (const k of real) expect((await s.grpc.call("verifyKey", { key: k.secret })).code).toBe(VerifyCode.VALID);
     expect(s.app.cache!.hits - hits).toBe(real.length);
-  });
+  }, 120_000);
 });
