@@ -1,7 +1,7 @@
 // A private MariaDB primary and a replica of it (GTID replication), each a
-// mariadbd of its own with its own data directory on a free port, for tests
-// that need replication lag on demand (STOP SLAVE SQL_THREAD). Never the
-// shared server. The data directory is initialised once (mariadb-install-db)
+// mariadbd of its own with its own data directory on a free port: for the
+// replica bench row, and for tests that need replication lag on demand (STOP
+// SLAVE SQL_THREAD; test/integration/replica.test.ts). Never the shared server. The data directory is initialised once (mariadb-install-db)
 // and copied for the replica.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { cp, mkdtemp, rm } from "node:fs/promises";
@@ -25,7 +25,7 @@ async function freePort(): Promise<number> {
   });
 }
 
-class Mariadbd {
+export class Mariadbd {
   private constructor(
     readonly port: number,
     private readonly child: ChildProcess,

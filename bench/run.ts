@@ -7,7 +7,7 @@
 //   npm run bench                  the full suite (datasets up to 1M keys, 10 s per run)
 //   npm run bench -- --quick       10k keys at most, 3 s per run
 //   npm run bench -- --smoke       seconds in all: what `npm test` runs so the bench cannot rot
-//   --only cached,negative         scenarios (bench/scenarios/index.ts): cached, workers, limits, limits-cluster, cold, negative,
+//   --only cached,negative         scenarios (bench/scenarios/index.ts): cached, workers, limits, limits-cluster, cold, replica, negative,
 //                                  create, revoke, revoke-cluster, revoke-stalled, revoke-many, memory
 //   --tool node                    load from the Node load generator even where h2load is installed
 //   --profile                      also profile the service under the cached load (node --cpu-prof)

@@ -10,6 +10,7 @@ import { limits } from "./limits.js";
 import { limitsCluster } from "./limits-cluster.js";
 import { memory } from "./memory.js";
 import { negative } from "./negative.js";
+import { replica } from "./replica.js";
 import { revoke } from "./revoke.js";
 import { revokeCluster, revokeMany, revokeStalled } from "./revoke-topologies.js";
 import { workers } from "./workers.js";
@@ -22,6 +23,7 @@ export const SCENARIOS = {
   limits,
   "limits-cluster": limitsCluster,
   cold,
+  replica,
   negative,
   create: createKeys,
   revoke,

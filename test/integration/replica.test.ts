@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Role, VerifyCode } from "../../gen/apikeys/v1/apikeys_pb.js";
 import type { MySqlStore } from "../../src/store/mysql-store.js";
-import { ReplicatedMariadb } from "../helpers/mariadb-replica.js";
+import { ReplicatedMariadb } from "../../bench/mariadb-pair.js";
 import { TestRedis } from "../helpers/redis.js";
 import { type TestServer, startServer } from "../helpers/server.js";
 
