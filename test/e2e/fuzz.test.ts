@@ -7,15 +7,17 @@
 // serving.
 import * as http2 from "node:http2";
 import { gzipSync } from "node:zlib";
-import { type DescField, type DescMessage, ScalarType, create, toBinary } from "@bufbuild/protobuf";
+import { type DescField, type DescMessage, ScalarType, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { Code, type ConnectError } from "@connectrpc/connect";
 import fc from "fast-check";
 import mysql from "mysql2/promise";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { ApiKeyService, OrganizationService, Role, VerifyCode } from "../../gen/apikeys/v1/apikeys_pb.js";
-import { Authorization } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
+import { Authorization, CheckRequestSchema, CheckResponseSchema } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { ConfigError } from "../../src/config-error.js";
+import { loadConfig } from "../../src/config.js";
 import { createLogger } from "../../src/logger.js";
 import { CallerAuth } from "../../src/transport/auth.js";
 import { NO_OBSERVER } from "../../src/transport/bindings.js";
@@ -24,6 +26,7 @@ import { GrpcClient, type TestServer, startServer } from "../helpers/server.js";
 
 const TOKEN = "fuzz-manage-token-5a1c9e-7Hq2Lm9Zx";
 const VERIFY_ONLY_TOKEN = "fuzz-verify-token-2b8d0f-7Hq2Lm9Zx";
+const TENANT_TOKEN = "fuzz-tenant-token-8e4c1a-7Hq2Lm9Zx";
 const owner = { userId: "u_owner", role: Role.OWNER };
 // Every RPC of the gRPC port, Envoy's ext_authz Check included; the HTTP port serves all but Check.
 const METHODS = [ApiKeyService, OrganizationService, Authorization].flatMap((service) =>
@@ -203,6 +206,15 @@ function tracked<A extends unknown[]>(predicate: (...args: A) => Promise<void>):
   };
 }
 
+/** A raw call's status and, when OK, its answer's bytes. */
+function rawGrpcAnswer(client: grpc.Client, path: string, payload: Buffer, token: string): Promise<{ code: number; bytes?: Buffer }> {
+  const md = new grpc.Metadata();
+  md.set("authorization", `Bearer ${token}`);
+  return new Promise((resolve) => {
+    client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, payload, md, (err, res) => resolve(err ? { code: err.code } : { code: grpc.status.OK, bytes: res }));
+  });
+}
+
 function rawGrpcCall(client: grpc.Client, path: string, payload: Buffer, token: string | null): Promise<number> {
   const md = new grpc.Metadata();
   if (token) md.set("authorization", `Bearer ${token}`);
@@ -290,7 +302,10 @@ describe("fuzzing every RPC over a real server", () => {
         CALLERS: JSON.stringify([
           { name: "fuzzer", token: TOKEN, allow: ["manage", "verify", "admin"] },
           { name: "gateway", token: VERIFY_ONLY_TOKEN, allow: ["verify"] },
+          // Limited to organizations the seeded keys are not in: it must never see one of them as valid.
+          { name: "tenant", token: TENANT_TOKEN, allow: ["verify"], organizations: ["org_other", "team_*", "org_fuzz_*"] },
         ]),
+        EXT_AUTHZ_SCOPES_HEADER: "x-required-scopes",
         // Background writes would change rows while nothing is sent: keep them out of the test's window.
         LAST_USED_FLUSH_SECONDS: "3600",
         CREDIT_FLUSH_SECONDS: "3600",
@@ -363,6 +378,60 @@ describe("fuzzing every RPC over a real server", () => {
       { numRuns: 2000, plugins: [TIME_LIMIT], seed: Number(process.env.FUZZ_SEED ?? Date.now() | 0) },
     );
     expect(codes.get(grpc.status.INVALID_ARGUMENT)).toBeGreaterThan(20);
+  });
+
+  it("answers every Envoy Check with a CheckResponse, never an error (which failure_mode_allow would turn into an allow)", async () => {
+    const headerName = fc.oneof(fc.constantFrom("authorization", "x-api-key", "x-required-scopes", "x-apikey-user", "constructor"), fc.string({ maxLength: 12 }));
+    const headerValue = fc.oneof(
+      fc.nat().map((i) => pool[i % pool.length]),
+      fc.nat().map((i) => `Bearer ${seeds[i % seeds.length].secret}`),
+      fc.nat({ max: 3000 }).map((n) => "documents:read,".repeat(n)),
+      fc.string({ maxLength: 200 }),
+      fc.string({ unit: "binary", maxLength: 200 }),
+    );
+    const checkRequest = fc
+      .record({
+        headers: fc.dictionary(headerName, headerValue, { maxKeys: 6 }),
+        path: fc.oneof(fc.constant("/v1/x"), fc.nat().map((i) => `/v1?api_key=${encodeURIComponent(pool[i % pool.length])}`), fc.string({ maxLength: 100 })),
+        contextExtensions: fc.dictionary(fc.constantFrom("required_scopes", "cost", "other"), fc.oneof(fc.string({ maxLength: 30 }), fc.nat().map(String), fc.constant("-1"))),
+      })
+      .map(({ headers, path, contextExtensions }) =>
+        Buffer.from(toBinary(CheckRequestSchema, create(CheckRequestSchema, { attributes: { request: { http: { path, headers } }, contextExtensions } }))),
+      );
+    const check = METHODS.find((m) => m.name === "check")!;
+    const payload = fc.oneof(
+      { weight: 3, arbitrary: checkRequest },
+      { weight: 1, arbitrary: messageArb(check.input).map((init) => Buffer.from(toBinary(check.input, create(check.input, init as never)))) },
+      { weight: 1, arbitrary: fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b)) },
+    );
+    let allowed = 0;
+    await fc.assert(
+      fc.asyncProperty(payload, fc.boolean(), tracked(async (bytes, asTenant) => {
+        const answer = await rawGrpcAnswer(client, check.path, bytes, asTenant ? TENANT_TOKEN : VERIFY_ONLY_TOKEN);
+        expect(answer.code, `Check answered ${grpc.status[answer.code]} to ${bytes.toString("hex")}`).toBe(grpc.status.OK);
+        const res = fromBinary(CheckResponseSchema, answer.bytes!);
+        if (res.httpResponse.case === "okResponse") {
+          allowed++;
+          // A gateway limited to other organizations never lets one of the seeded keys through.
+          expect(asTenant, "the tenant's gateway allowed another organization's key").toBe(false);
+        }
+      })),
+      { numRuns: 3000, plugins: [TIME_LIMIT] },
+    );
+    // The generator reaches allows too (seeded secrets in Authorization headers).
+    expect(allowed).toBeGreaterThan(0);
+  });
+
+  it("never answers a caller limited to other organizations VALID, nor spends from a key of another", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.nat(), fc.nat({ max: 5 }), tracked(async (i, cost) => {
+        const md = new grpc.Metadata();
+        md.set("authorization", `Bearer ${TENANT_TOKEN}`);
+        const res = await s.grpc.call("verifyKey", { key: seeds[i % seeds.length].secret, cost }, md);
+        expect([res.valid, res.code, res.key]).toEqual([false, VerifyCode.NOT_FOUND, undefined]);
+      })),
+      { numRuns: 200, plugins: [TIME_LIMIT] },
+    );
   });
 
   it("refuses every management RPC to unknown and verify-only callers, writing nothing", async () => {
@@ -570,5 +639,40 @@ describe("fuzzing every RPC over a real server", () => {
     expect((await new GrpcClient(ApiKeyService, `127.0.0.1:${s.grpcPort}`).call("verifyKey", { key: created.secret }, md)).code).toBe(VerifyCode.VALID);
     expect((await s.connect.verifyKey({ key: created.secret }, { headers: { authorization: `Bearer ${TOKEN}` } })).code).toBe(VerifyCode.VALID);
     expect(errors).toEqual([]);
+  });
+});
+
+describe("fuzzing CALLERS organizations", () => {
+  const pattern = fc.oneof(fc.constantFrom("org_a", "team_*", "org_a*", "*", "a*b", "", "org a", "org_%", "名前"), fc.string({ maxLength: 20 }));
+
+  it("either starts with exactly the organizations given, or refuses with a message; never anything else", () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.array(pattern, { maxLength: 5 }), fc.anything()), fc.array(fc.string({ maxLength: 20 }), { maxLength: 10 }), (organizations, ids) => {
+        const env = {
+          KEY_PEPPER: "fuzz-pepper-0123456789abcdef",
+          CALLERS: JSON.stringify([{ name: "t", token: TENANT_TOKEN, allow: ["verify"], organizations }]),
+        };
+        let config: ReturnType<typeof loadConfig>;
+        try {
+          config = loadConfig(env, { dev: false });
+        } catch (err) {
+          expect(err).toBeInstanceOf(ConfigError);
+          expect((err as Error).message).toMatch(/^CALLERS\[0\] \("t"\): organizations must be/);
+          return;
+        }
+        const patterns = config.callers[0].organizations;
+        const scope = new CallerAuth(config.callers, false).authorize(`Bearer ${TENANT_TOKEN}`, "verify").context.organizations;
+        if (patterns === undefined) {
+          // Left out (JSON has no undefined): every organization.
+          expect([organizations, scope]).toEqual([undefined, null]);
+          return;
+        }
+        for (const id of [...ids, ...patterns, ...patterns.map((p) => `${p.replace(/\*$/, "")}x`)]) {
+          const expected = id !== "" && patterns.some((p) => (p.endsWith("*") ? id.startsWith(p.slice(0, -1)) : id === p));
+          expect(scope!.allows(id), `${JSON.stringify(patterns)} ${JSON.stringify(id)}`).toBe(expected);
+        }
+      }),
+      { numRuns: 2000 },
+    );
   });
 });
