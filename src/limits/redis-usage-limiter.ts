@@ -24,6 +24,7 @@
 // timeouts). A limit that fails open would let any outage hand out unlimited
 // requests and credits, which are what customers pay for.
 import { unavailable } from "../keys/errors.js";
+import { PeriodicFlusher } from "../keys/periodic-flusher.js";
 import type { LimitsRecord } from "../keys/records.js";
 import type { Logger } from "../logger.js";
 import type { CreditLedger, CreditUsage, LimitedKey, ManagedUsageLimiter, UsageOutcome, UsageVerdict } from "../keys/ports.js";
@@ -111,24 +112,36 @@ export interface RedisUsageLimiterOptions {
 }
 
 export class RedisUsageLimiter implements ManagedUsageLimiter {
-  /** Credits counters seeded from the ledger; ledger batches written. For metrics and tests. */
+  /** Credits counters seeded from the ledger, for metrics and tests. */
   seeds = 0;
-  flushes = 0;
   private readonly redis: RedisClient & ConsumeCommand;
   private readonly ledger: CreditLedger;
-  private readonly flushIntervalMs: number;
   private readonly logger: Logger;
   private readonly months = new MonthClock();
   /** Credits counters changed since the last flush, with their key's organization. */
   private dirty = new Map<string, string>();
   /** Ledger loads in flight, by credits counter: concurrent first uses share one. */
   private readonly seeding = new Map<string, Promise<number>>();
-  private timer: NodeJS.Timeout | null = null;
-  private flushing: Promise<void> | null = null;
+  private readonly flusher: PeriodicFlusher<Map<string, string>>;
 
   constructor(options: RedisUsageLimiterOptions) {
     this.ledger = options.ledger;
-    this.flushIntervalMs = options.flushIntervalMs;
+    this.flusher = new PeriodicFlusher(
+      {
+        take: () => {
+          if (this.dirty.size === 0) return null;
+          const batch = this.dirty;
+          this.dirty = new Map();
+          return batch;
+        },
+        write: (batch) => this.write(batch),
+        putBack: (batch) => {
+          for (const [k, organizationId] of batch) if (!this.dirty.has(k)) this.dirty.set(k, organizationId);
+        },
+        failed: (err, batch) => this.logger.warn({ err, counters: batch.size }, "saving consumed credits failed; will retry"),
+      },
+      options.flushIntervalMs,
+    );
     this.logger = options.logger;
     this.redis = redisClient(options.redis, "limiter", { logger: options.logger, commandTimeoutMs: options.commandTimeoutMs }) as RedisClient & ConsumeCommand;
     // EVALSHA, falling back to EVAL when the server does not know the script (e.g. after a restart).
@@ -137,11 +150,7 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
 
   async start(): Promise<void> {
     await connectRedis(this.redis);
-    // A tick while a slow flush is still running skips; the next one takes what accumulated.
-    this.timer = setInterval(() => {
-      if (this.flushing === null) void this.flush();
-    }, this.flushIntervalMs);
-    this.timer.unref();
+    this.flusher.start();
   }
 
   async consume(key: LimitedKey, cost: number, now: number): Promise<UsageOutcome> {
@@ -180,28 +189,16 @@ export class RedisUsageLimiter implements ManagedUsageLimiter {
    * failure they are kept for the next flush (and the failure is logged).
    */
   flush(): Promise<void> {
-    if (this.flushing) return this.flushing.then(() => this.flush());
-    if (this.dirty.size === 0) return Promise.resolve();
-    const batch = this.dirty;
-    this.dirty = new Map();
-    this.flushing = this.write(batch)
-      .then(() => {
-        this.flushes++;
-      })
-      .catch((err) => {
-        for (const [k, organizationId] of batch) if (!this.dirty.has(k)) this.dirty.set(k, organizationId);
-        this.logger.warn({ err, counters: batch.size }, "saving consumed credits failed; will retry");
-      })
-      .finally(() => {
-        this.flushing = null;
-      });
-    return this.flushing;
+    return this.flusher.flush();
+  }
+
+  /** Ledger batches written, for metrics and tests. */
+  get flushes(): number {
+    return this.flusher.writes;
   }
 
   async stop(): Promise<void> {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-    await this.flush();
+    await this.flusher.stop();
     this.redis.disconnect();
     await this.ledger.close();
   }
