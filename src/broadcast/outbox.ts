@@ -1,7 +1,7 @@
 // The invalidation outbox's worker. A change that affects verification writes
 // its invalidation to the store's outbox in its own transaction (Change.invalidation);
 // this wrapper around the broadcast deletes the row once the change is
-// announced, and every instance whose broadcast is healthy publishes rows
+// announced (before the call returns), and every instance whose broadcast is healthy publishes rows
 // left behind (their broadcast failed: the revoking instance lost Redis, or
 // crashed between commit and publish) once they are older than the poll
 // interval. Nothing committed is thus left unannounced: see the bound in
@@ -31,7 +31,7 @@ export class InvalidationOutbox implements Invalidator {
   /** Rows published by the worker (their own broadcast had failed or not happened). */
   published = 0;
   private readonly options: Required<OutboxOptions>;
-  /** Announced rows, deleted in batches by the worker (off the RPC's path; a row deleted late is published once more). */
+  /** Announced rows whose delete failed, retried by the worker (a row deleted late is published once more). */
   private announced: OutboxRef[] = [];
   private timer: NodeJS.Timeout | null = null;
   private polling: Promise<void> | null = null;
@@ -42,7 +42,14 @@ export class InvalidationOutbox implements Invalidator {
 
   async invalidate(event: Invalidation, outbox?: OutboxRef): Promise<void> {
     await this.options.invalidator.invalidate(event);
-    if (outbox !== undefined) this.remember(outbox);
+    if (outbox === undefined) return;
+    // Deleted before the call returns, so that a change's writes are over when it answers. A failed delete
+    // does not fail the call: the worker retries it, and at worst the row is published once more.
+    try {
+      await this.options.store.deleteInvalidations([outbox]);
+    } catch {
+      this.remember(outbox);
+    }
   }
 
   start(): void {

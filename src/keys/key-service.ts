@@ -354,7 +354,7 @@ export class KeyService {
       // Which keys it revokes is known only in the transaction: the outbox names their creator (a superset).
       invalidation: { kind: "member", organizationId: orgId, userId: createdBy },
     });
-    // With nothing revoked there is nothing to announce; the outbox row is published once by the outbox worker.
+    // With nothing revoked there is nothing to announce (and no outbox row).
     if (changed.keyIds.length > 0) await this.invalidator.invalidate({ kind: "keys", keyIds: changed.keyIds }, { organizationId: orgId, id: audit.id });
     return create(RevokeKeysResponseSchema, { revokedCount: changed.keyIds.length });
   }

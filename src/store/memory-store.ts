@@ -188,16 +188,13 @@ export class MemoryStore implements Store {
       this.addOutbox(audit, invalidation);
       return { key: copy(key), changed: true };
     }
-    const unchanged = unchangedByRevoke(copy(key), permission);
-    // As in MySQL: a repeated revoke announces again (the first one's broadcast may have failed).
-    this.addOutbox(audit, invalidation);
-    return unchanged;
+    return unchangedByRevoke(copy(key), permission);
   }
 
   async revokeKeysCreatedBy({ organizationId, createdBy, revokedBy, reason, now, audit, invalidation }: RevokeKeysCommand): Promise<ChangedKeys> {
     const changed = this.revokeCreatedBy(organizationId, createdBy, revokedBy, reason, now);
     this.addAudit(audit);
-    this.addOutbox(audit, invalidation);
+    if (changed.keyIds.length > 0) this.addOutbox(audit, invalidation);
     return changed;
   }
 

@@ -433,14 +433,17 @@ export class MySqlStore implements Store {
           );
           if (this.db.pipelining) {
             insertAudit(tx, audit, "ROW_COUNT() = 1");
+            // ROW_COUNT() is now the audit INSERT's: 1 exactly when the UPDATE revoked the key.
+            insertOutbox(tx, audit, invalidation, "ROW_COUNT() = 1");
           } else {
             // vtgate takes no INSERT … SELECT … WHERE ROW_COUNT(): one more round trip to ask.
             await tx.send();
-            if (update.result!.affectedRows === 1) insertAudit(tx, audit);
+            if (update.result!.affectedRows === 1) {
+              insertAudit(tx, audit);
+              insertOutbox(tx, audit, invalidation);
+            }
           }
         }
-        // Unconditional: a repeated revoke announces again (the first one's broadcast may have failed).
-        insertOutbox(tx, audit, invalidation);
         const select = tx.later<KeyRow[]>(`SELECT ${KEY_SELECT} FROM api_keys k WHERE k.organization_id = ? AND k.id = ?`, [
           organizationId,
           keyId,
@@ -459,7 +462,8 @@ export class MySqlStore implements Store {
       this.db.transaction(async (conn) => {
         const changed = await revokeCreatedBy(conn, organizationId, createdBy, revokedBy, reason, now);
         insertAudit(conn, audit);
-        insertOutbox(conn, audit, invalidation);
+        // Nothing revoked: nothing to announce.
+        if (changed.keyIds.length > 0) insertOutbox(conn, audit, invalidation);
         return changed;
       }),
     );
@@ -828,15 +832,13 @@ function insertAudits(tx: Transaction, audits: AuditRecord[]): void {
   tx.later(`INSERT INTO audit_events (${AUDIT_COLUMNS}) VALUES ${list(audits.length, AUDIT_ROW)}`, audits.flatMap(auditValues));
 }
 
-/** Queued, like insertAudit: the change's invalidation in the outbox, under its audit event's id. */
-function insertOutbox(tx: Transaction, audit: AuditRecord, invalidation: Invalidation | undefined): void {
+/** Queued, like insertAudit (and like it with `onlyIf`): the change's invalidation in the outbox, under its audit event's id. */
+function insertOutbox(tx: Transaction, audit: AuditRecord, invalidation: Invalidation | undefined, onlyIf?: string): void {
   if (invalidation === undefined) return;
-  tx.later("INSERT INTO invalidation_outbox (organization_id, id, create_time, invalidation) VALUES (?, ?, ?, ?)", [
-    audit.organizationId,
-    audit.id,
-    toDate(audit.time),
-    JSON.stringify(invalidation),
-  ]);
+  const values = [audit.organizationId, audit.id, toDate(audit.time), JSON.stringify(invalidation)];
+  const columns = "organization_id, id, create_time, invalidation";
+  if (onlyIf === undefined) tx.later(`INSERT INTO invalidation_outbox (${columns}) VALUES (?, ?, ?, ?)`, values);
+  else tx.later(`INSERT INTO invalidation_outbox (${columns}) SELECT ?, ?, ?, ? FROM DUAL WHERE ${onlyIf}`, values);
 }
 
 /** What a revocation writes to its key's row: the SET clause, and its values. */

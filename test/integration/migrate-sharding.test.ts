@@ -49,7 +49,8 @@ describe("migrating a database with keys to 003_sharding.sql", () => {
     } finally {
       await conn.end();
     }
-    expect(await runMigrations(db.url, 2000)).toEqual(["003_sharding.sql"]);
+    // 003 and whatever came after it.
+    expect((await runMigrations(db.url, 2000))[0]).toBe("003_sharding.sql");
     store = await MySqlStore.open(db.url);
   });
 
