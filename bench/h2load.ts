@@ -5,7 +5,7 @@
 // bytes per request here, a real client before and after).
 import { spawn, spawnSync } from "node:child_process";
 import { readFile, rm } from "node:fs/promises";
-import type { LoadResult, LoadSpec } from "./load.js";
+import type { LoadResult, LoadSpec } from "./load-spec.js";
 import { Samples } from "./stats.js";
 
 function installed(): boolean {

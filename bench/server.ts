@@ -258,15 +258,43 @@ async function main(): Promise<void> {
   };
   const lines = createInterface({ input: process.stdin });
   lines.on("line", (line) => {
-    if (line === "stats") say(running.stats());
-    else if (line === "latencies") say(running.latencies());
-    else if (line === "rss") say({ rss: process.memoryUsage.rss() });
-    else if (line === "usage") say(usage(running));
-    else if (line === "evictions") say({ evictions: running.evictions() });
-    else if (line === "pauses") say({ pauses: running.pauses() });
-    else if (line === "stop") stop();
+    if (line === "stop") stop();
+    else if (isCommand(line)) {
+      const spec = COMMANDS[line] as CommandSpec<unknown>;
+      say(spec.reply(spec.answer(running)));
+    }
   });
   lines.on("close", stop);
+}
+
+/**
+ * The commands the parent sends on stdin (see bench/children.ts), besides
+ * "stop": what one server process answers, how the answers of several
+ * (BENCH_WORKERS) make one, and the line the parent reads.
+ */
+const COMMANDS = {
+  stats: command((running) => running.stats(), sumStats, (stats) => stats),
+  // The first worker's, as in stats: percentiles do not add up.
+  latencies: command((running) => running.latencies(), (all) => all[0], (latencies) => latencies),
+  rss: command(() => process.memoryUsage.rss(), (all) => sum(all, (rss) => rss), (rss) => ({ rss })),
+  usage: command(usage, (all): Usage => ({ cpuMicros: sum(all, (u) => u.cpuMicros), calls: sum(all, (u) => u.calls) }), (u) => u),
+  evictions: command((running) => running.evictions(), (all) => Object.assign({}, ...all) as Record<string, string>, (evictions) => ({ evictions })),
+  pauses: command((running) => running.pauses(), (all) => all.flat(), (pauses) => ({ pauses })),
+};
+type Command = keyof typeof COMMANDS;
+
+interface CommandSpec<T> {
+  answer(running: Running): T;
+  combine(all: T[]): T;
+  reply(answer: T): object;
+}
+
+function command<T>(answer: (running: Running) => T, combine: (all: T[]) => T, reply: (answer: T) => object): CommandSpec<T> {
+  return { answer, combine, reply };
+}
+
+function isCommand(line: string): line is Command {
+  return Object.hasOwn(COMMANDS, line);
 }
 
 /**
@@ -287,17 +315,16 @@ function supervise(count: number, say: (message: object) => void): void {
       if (code !== 0) process.exit(1);
     });
   });
-  const ask = <T>(type: "stats" | "latencies" | "usage" | "evictions" | "pauses") =>
+  const ask = (type: Command) =>
     Promise.all(
       workers.map(
         (worker, i) =>
-          new Promise<T>((resolve) => {
-            replies[i].push(resolve as (answer: unknown) => void);
+          new Promise<unknown>((resolve) => {
+            replies[i].push(resolve);
             worker.send({ type });
           }),
       ),
     );
-  const allStats = () => ask<ServerStats>("stats");
   const stop = () => {
     let left = count;
     for (const worker of workers) {
@@ -307,15 +334,11 @@ function supervise(count: number, say: (message: object) => void): void {
   };
   const lines = createInterface({ input: process.stdin });
   lines.on("line", (line) => {
-    if (line === "stats") allStats().then((all) => say(sumStats(all)));
-    // The first worker's, as in stats: percentiles do not add up.
-    else if (line === "latencies") ask<Latencies>("latencies").then((all) => say(all[0]));
-    else if (line === "rss") allStats().then((all) => say({ rss: all.reduce((sum, st) => sum + st.rss, 0) }));
-    else if (line === "usage") {
-      ask<Usage>("usage").then((all) => say({ cpuMicros: sum(all, (u) => u.cpuMicros), calls: sum(all, (u) => u.calls) } satisfies Usage));
-    } else if (line === "evictions") ask<Record<string, string>>("evictions").then((all) => say({ evictions: Object.assign({}, ...all) }));
-    else if (line === "pauses") ask<Pause[]>("pauses").then((all) => say({ pauses: all.flat() }));
-    else if (line === "stop") stop();
+    if (line === "stop") stop();
+    else if (isCommand(line)) {
+      const spec = COMMANDS[line] as CommandSpec<unknown>;
+      ask(line).then((all) => say(spec.reply(spec.combine(all))));
+    }
   });
   lines.on("close", stop);
 }
@@ -323,12 +346,8 @@ function supervise(count: number, say: (message: object) => void): void {
 function serveSupervisor(running: Running): void {
   process.send!({ type: "listening", grpcPort: running.grpcPort, httpPort: running.httpPort });
   process.on("message", (message: { type: string }) => {
-    if (message.type === "stats") process.send!({ type: "answer", answer: running.stats() });
-    else if (message.type === "latencies") process.send!({ type: "answer", answer: running.latencies() });
-    else if (message.type === "usage") process.send!({ type: "answer", answer: usage(running) });
-    else if (message.type === "evictions") process.send!({ type: "answer", answer: running.evictions() });
-    else if (message.type === "pauses") process.send!({ type: "answer", answer: running.pauses() });
-    else if (message.type === "stop") running.stop().then(() => process.exit(0));
+    if (message.type === "stop") running.stop().then(() => process.exit(0));
+    else if (isCommand(message.type)) process.send!({ type: "answer", answer: COMMANDS[message.type].answer(running) });
   });
 }
 
