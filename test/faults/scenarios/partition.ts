@@ -219,7 +219,9 @@ export function partitionSuite(o: PartitionOptions): void {
         expect(afterHeal.filter((r) => r.valid)).toEqual([]);
         expect(failures).toEqual([]);
         expect(checker.iterations).toBeGreaterThan(keys.length);
-        expect(total).toBeLessThan((keys.length * (LEASE_MS + MARGIN_MS)) / 4);
+        // A correctness bound, not a performance target: waiting for P would cost lease + margin each; half of that
+        // in all leaves room for a machine so loaded that a plain RevokeKey takes most of a second.
+        expect(total).toBeLessThan((keys.length * (LEASE_MS + MARGIN_MS)) / 2);
         // Once P trusts its cache again, still nothing.
         await until("P trusts its cache again", () => trusts(p), 20_000);
         for (const k of keys) expect((await verify(p, k)).code).toBe(VerifyCode.REVOKED);

@@ -138,8 +138,9 @@ export function stallSuite(o: StallOptions): void {
       "RevokeKey on the others stops waiting for it once its lease ran out",
       async () => {
         const { total, keys } = await stallAndRevoke();
-        // A correctness bound, not a performance target: today each one waits lease + margin for X's ack.
-        expect(total).toBeLessThan((keys.length * (LEASE_MS + MARGIN_MS)) / 4);
+        // A correctness bound, not a performance target: waiting for X would cost lease + margin each; half of that
+        // in all leaves room for a machine so loaded that a plain RevokeKey takes most of a second.
+        expect(total).toBeLessThan((keys.length * (LEASE_MS + MARGIN_MS)) / 2);
       },
       o.timeoutMs,
     );
