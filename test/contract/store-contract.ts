@@ -75,6 +75,22 @@ export function describeStoreContract(name: string, open: () => Promise<{ store:
       await expect(store.ping()).resolves.toBeUndefined();
     });
 
+    it("counts and scans every stored secret hash, in byte order, a page at a time (the membership filter's load)", async () => {
+      const before = await store.countSecretHashes();
+      const made = await Promise.all([uid("org"), uid("org"), uid("org")].map((org) => create(org)));
+      expect(await store.countSecretHashes()).toBe(before + 3);
+      const all: Buffer[] = [];
+      for (let after: Buffer | null = null; ; ) {
+        const page: Buffer[] = await store.scanSecretHashes(after, 2);
+        all.push(...page);
+        if (page.length < 2) break;
+        after = page[page.length - 1];
+      }
+      expect(all.length).toBe(before + 3);
+      for (let i = 1; i < all.length; i++) expect(Buffer.compare(all[i - 1], all[i])).toBe(-1);
+      for (const m of made) expect(all.some((h) => h.equals(m.input.hash))).toBe(true);
+    });
+
     describe("createKey and getKey", () => {
       it("keeps every field of the key", async () => {
         const org = uid("org");
