@@ -15,25 +15,24 @@
 import { recordStatements } from "../../src/store/mysql-pool.js";
 import { COUNT_HASHES_SQL, SCAN_HASHES_SQL } from "../../src/store/mysql-store.js";
 
-const MEMBERSHIP_SCANS = new Set([COUNT_HASHES_SQL, SCAN_HASHES_SQL]);
 
 /** Sharded tables and the column holding their organization. Tables not listed count as sharded by organization_id. */
 const SHARD_COLUMN: Record<string, string> = { organizations: "id" };
 /** Lookup tables (sharded by their own key), and that key. */
 const LOOKUP_COLUMN: Record<string, string> = { key_lookup: "hash" };
 /**
- * Statements that read every shard on purpose: background work, never on a
- * call's path (their cost is in docs/vitess.md). The outbox relay's sweep for
- * invalidations nobody announced (src/broadcast) looks at every organization.
+ * The statements allowed to read every shard, all background work off every
+ * RPC's path (their cost is in docs/vitess.md): the outbox's poll for
+ * invalidations nobody announced (src/broadcast/outbox.ts, once per
+ * OUTBOX_POLL_MS), and the membership filter's load of every secret hash
+ * (src/keys/membership.ts, at start and after a lost broadcast).
  */
-const BACKGROUND_SCATTER: readonly RegExp[] = [/^\s*SELECT\b[^;]*\bFROM\s+invalidation_outbox\s+WHERE\s+create_time\s*<\s*\?/i];
+const BACKGROUND_SCATTER: readonly ((sql: string) => boolean)[] = [
+  (sql) => /^\s*SELECT\b[^;]*\bFROM\s+invalidation_outbox\s+WHERE\s+create_time\s*<\s*\?/i.test(sql),
+  (sql) => sql === COUNT_HASHES_SQL || sql === SCAN_HASHES_SQL,
+];
 /** Tables outside the sharded keyspace. */
 const UNSHARDED = new Set(["schema_migrations", "dual"]);
-/**
- * Statements that read every shard on purpose, off every RPC's path: the invalidation outbox's poll
- * (src/broadcast/outbox.ts; once per OUTBOX_POLL_MS per instance, an indexed range read).
- */
-const SCATTER = [/^\s*SELECT organization_id, id, create_time, invalidation FROM invalidation_outbox\s+WHERE create_time < \?/];
 
 export interface Recorded {
   session: object;
@@ -61,8 +60,6 @@ export class StatementRecorder {
     const open = new Map<object, Set<string>>();
     for (const statement of this.statements.slice(options.from ?? 0, options.to)) {
       const { sql } = statement;
-      // The membership filter's load reads every hash once at start (and after a lost broadcast): a scatter by design.
-      if (MEMBERSHIP_SCANS.has(sql)) continue;
       const verb = sql.trim().split(/\s+/, 2).join(" ").toUpperCase();
       if (options.vtgate) {
         if (/\bSET\s+TRANSACTION\b/i.test(sql)) problems.add(`vtgate: SET TRANSACTION: ${short(sql)}`);
@@ -79,7 +76,6 @@ export class StatementRecorder {
         if (orgs !== undefined && orgs.size > 1) problems.add(`transaction names ${orgs.size} organizations: ${[...orgs].slice(0, 3).join(", ")}…`);
         continue;
       }
-      if (SCATTER.some((r) => r.test(sql))) continue;
       const analysis = analyse(sql, statement.values ?? []);
       for (const problem of analysis.problems) problems.add(`${problem}: ${short(sql)}`);
       if (analysis.organizations.size > 1) problems.add(`statement names ${analysis.organizations.size} organizations: ${short(sql)}`);
@@ -127,7 +123,7 @@ function analyse(sql: string, values: readonly unknown[]): { problems: string[];
   const refs = tablesOf(sql);
   const problems: string[] = [];
   const organizations = new Set<string>();
-  if (refs.length === 0 || BACKGROUND_SCATTER.some((allowed) => allowed.test(sql))) return { problems, organizations };
+  if (refs.length === 0 || BACKGROUND_SCATTER.some((allowed) => allowed(sql))) return { problems, organizations };
   const marks = placeholders(sql);
   const valueAt = (offset: number): unknown => values[marks.indexOf(offset)];
   const addOrgs = (value: unknown) => {
