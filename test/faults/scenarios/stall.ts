@@ -100,7 +100,14 @@ export function stallSuite(o: StallOptions): void {
       }
       const total = took.reduce((sum, ms) => sum + ms, 0);
       // Sent while X is stopped: they wait in its socket and are the first thing it reads when it wakes up.
-      const queued = keys.map((k) => x.client.verifyKey({ key: k.secret }, { timeoutMs: 30_000 }));
+      // Their deadline outlasts the stall; settled at once (not awaited until after SIGCONT), so that a failure
+      // before then leaves no unhandled rejection behind.
+      const queued = keys.map((k) =>
+        x.client.verifyKey({ key: k.secret }, { timeoutMs: o.stallLeases * LEASE_MS + 30_000 }).then(
+          (res) => ({ valid: res.valid, code: res.code as VerifyCode | string }),
+          (err) => ({ valid: false, code: `error ${codeOf(err)}` }),
+        ),
+      );
       await sleep(Math.max(0, o.stallLeases * LEASE_MS - (performance.now() - stopped)));
       const stalledMs = performance.now() - stopped;
       x.resume();
@@ -113,7 +120,7 @@ export function stallSuite(o: StallOptions): void {
       );
       expect(woke.filter((r) => r.valid).length, "verifications queued at X while it was stopped, accepted").toBe(0);
       expect(rightAfter.filter((r) => r.valid).length, "verifications right after SIGCONT, accepted").toBe(0);
-      expect([...woke, ...rightAfter].every((r) => r.code === VerifyCode.REVOKED)).toBe(true);
+      expect([...woke, ...rightAfter].filter((r) => r.code !== VerifyCode.REVOKED)).toEqual([]);
       expect(failures).toEqual([]);
       expect(checker.iterations).toBeGreaterThan(0);
       expect(x.alive()).toBe(true);
