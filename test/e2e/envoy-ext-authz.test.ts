@@ -333,6 +333,8 @@ describe("Envoy ext_authz when the database is down", () => {
   it("denies with 503, never allows", async () => {
     const store = new MemoryStore();
     store.findByHash = () => Promise.reject(new Error("connection refused"));
+    // Down from the start: the membership filter cannot load either, so it rules nothing out.
+    store.countSecretHashes = () => Promise.reject(new Error("connection refused"));
     const s = await startServer({ store });
     const client = envoyClient(s.grpcPort);
     try {
