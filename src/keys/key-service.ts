@@ -31,7 +31,7 @@ import { auditEvent } from "./audit.js";
 import type { CallContext } from "./call-context.js";
 import { ApiError, Status, invalidArgument, keyNotFound } from "./errors.js";
 import type { SecretHasher } from "./hashing.js";
-import type { Invalidation, Invalidator } from "./ports.js";
+import type { Announcement, Invalidation, Invalidator } from "./ports.js";
 import { hashMark } from "./membership.js";
 import { generateSecret, newKeyId, previewOf } from "./key-format.js";
 import { toApiKey } from "./mapping.js";
@@ -73,6 +73,8 @@ export class KeyService {
   private readonly invalidator: Invalidator;
   private readonly defaultPrefix: string;
   private readonly announceSecrets: boolean;
+  /** The broadcast of each batch's "created" row, shared by the batch's creates (see announce). */
+  private readonly announcing = new WeakMap<Announcement, Promise<void>>();
   private readonly now: () => number;
 
   constructor(options: KeyServiceOptions) {
@@ -138,6 +140,7 @@ export class KeyService {
       // Idempotency is per caller: two callers never collide on a request id.
       requestId: requestId === "" ? "" : `${call.caller}/${requestId}`,
       audit: auditEvent(call, actor, orgId, "key.create", now, key.id, projectId ? { project_id: projectId } : {}),
+      mark: this.announceSecrets ? hashMark(hash) : null,
     });
     // A request id already used: the key made then, but only to whom may see it (a user replaying another
     // user's request id learns nothing of that key, not even its id).
@@ -150,14 +153,32 @@ export class KeyService {
     // broadcast on every create would cost each CreateKey a Redis round trip, every instance's ack and a scan
     // of every instance's cache, for nothing.
     const announced: Promise<void>[] = [];
-    if (result.memberChanged) announced.push(this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId: actor.userId }));
-    // Every instance's membership filter holds the new secret before this returns, so it verifies everywhere at once.
-    if (result.created && this.announceSecrets) announced.push(this.invalidator.invalidate({ kind: "created", marks: [hashMark(hash)] }));
+    // Both are in the outbox too (the store writes them with the key): a failed broadcast must not fail a create.
+    if (result.memberAnnouncement !== undefined) announced.push(this.announce(result.memberAnnouncement));
+    else if (result.memberChanged) announced.push(this.invalidator.invalidate({ kind: "member", organizationId: orgId, userId: actor.userId }));
+    // Every instance's membership filter holds the new secret before this returns, so it verifies everywhere at
+    // once; unless the broadcast fails: then the outbox row written with the key announces it within the outbox's
+    // bound (docs/revocation.md), and the caller still gets the secret, which a retry could never return.
+    if (result.created && result.announcement !== undefined) announced.push(this.announce(result.announcement));
     await Promise.all(announced);
     return create(CreateKeyResponseSchema, {
       key: toApiKey(result.key, now),
       secret: result.created ? secret : "",
     });
+  }
+
+  /**
+   * Broadcasts a batch's "created" row once for all its keys (they share the
+   * Announcement object) and deletes the row. Never fails: the row stays for
+   * the outbox worker of any healthy instance when the broadcast does.
+   */
+  private announce(announcement: Announcement): Promise<void> {
+    let announced = this.announcing.get(announcement);
+    if (announced === undefined) {
+      announced = this.invalidator.invalidate(announcement.invalidation, announcement.outbox).catch(() => {});
+      this.announcing.set(announcement, announced);
+    }
+    return announced;
   }
 
   /**

@@ -30,6 +30,18 @@ export interface NewKey {
   /** Idempotency scope, e.g. "<caller>/<request_id>"; empty for none. */
   requestId: string;
   audit: AuditRecord;
+  /**
+   * The secret's membership mark (hashMark) to announce as "created", or null
+   * (no membership filter; also when absent). The store writes it to the outbox in the create's
+   * own transaction: one row per batch, under its first create's audit id.
+   */
+  mark?: string | null;
+}
+
+/** A committed "created" outbox row, shared by every key of the batch that wrote it. */
+export interface Announcement {
+  outbox: OutboxRef;
+  invalidation: Invalidation;
 }
 
 export interface ListKeysQuery {
@@ -80,6 +92,11 @@ export interface OutboxEntry {
 }
 
 export type OutboxRef = Pick<OutboxEntry, "organizationId" | "id">;
+
+/** The outbox id of a create's "member" row (its creator was added), beside its "created" row under the audit id. */
+export function memberOutboxId(auditId: string): string {
+  return `${auditId}:member`;
+}
 
 export interface KeyPatch {
   name?: string;
@@ -156,6 +173,13 @@ export interface CreatedKey {
    * Always false when created is false.
    */
   memberChanged: boolean;
+  /** The outbox row announcing the new secret (NewKey.mark); the same object for every key of one batch. */
+  announcement?: Announcement;
+  /**
+   * The outbox row announcing that the creator was added ("member"), written in the create's transaction
+   * for a creator's first create with enrollRole (almost always with memberChanged; one too many is harmless).
+   */
+  memberAnnouncement?: Announcement;
 }
 
 /** Keys whose state changed, so caches can be told. */

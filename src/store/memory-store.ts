@@ -32,6 +32,7 @@ import type {
   Store,
   UpdateKeyCommand,
 } from "../keys/ports.js";
+import { memberOutboxId } from "../keys/ports.js";
 import { unchangedByRevoke } from "./unchanged-by-revoke.js";
 import { MemoryCreditLedger } from "../limits/credit-ledger.js";
 
@@ -95,7 +96,19 @@ export class MemoryStore implements Store {
     const memberChanged = input.enrollRole !== null && !this.members.has(pairKey(key.organizationId, key.createdBy));
     if (memberChanged) this.upsertMember(key.organizationId, key.createdBy, input.enrollRole!, key.createTime);
     this.addAudit(input.audit);
-    return { key: copy(stored.record), created: true, memberChanged };
+    const result: CreatedKey = { key: copy(stored.record), created: true, memberChanged };
+    if (memberChanged) {
+      const invalidation: Invalidation = { kind: "member", organizationId: key.organizationId, userId: key.createdBy };
+      const audit = { ...input.audit, id: memberOutboxId(input.audit.id) };
+      this.addOutbox(audit, invalidation);
+      result.memberAnnouncement = { outbox: { organizationId: key.organizationId, id: audit.id }, invalidation };
+    }
+    if (input.mark != null) {
+      const invalidation: Invalidation = { kind: "created", marks: [input.mark] };
+      this.addOutbox(input.audit, invalidation);
+      result.announcement = { outbox: { organizationId: key.organizationId, id: input.audit.id }, invalidation };
+    }
+    return result;
   }
 
   async getKey(organizationId: string, keyId: string): Promise<KeyRecord | null> {

@@ -34,6 +34,7 @@ import {
   guard,
 } from "./mysql-pool.js";
 import type {
+  Announcement,
   AuditQuery,
   ChangedKeys,
   CreatedKey,
@@ -55,6 +56,7 @@ import type {
   Store,
   UpdateKeyCommand,
 } from "../keys/ports.js";
+import { memberOutboxId } from "../keys/ports.js";
 import { unchangedByRevoke } from "./unchanged-by-revoke.js";
 
 /** How long the first replica read after an invalidation waits for the replica to catch up before asking the primary. */
@@ -751,6 +753,16 @@ async function insertKeys(tx: Transaction, inputs: NewKey[]): Promise<Omit<Creat
   // A creator who is not a member yet is added with its enrollRole; an existing member's row is left as it is
   // (membership changes only through OrganizationService). In a batch, a creator's first create has the word.
   const enrolled = byCreator.filter((input) => input.enrollRole !== null);
+  // A creator added now is announced ("member") through the outbox too, so that a failed broadcast fails no
+  // CreateKey: a row for each creator's first create. enrollRole is set only for a creator the service read as
+  // no member, so the row is wanted but for a race with another create enrolling them: one broadcast too many.
+  const memberRows = new Set<NewKey>();
+  for (const [i, input] of enrolled.entries()) {
+    if (i > 0 && compareCreators(enrolled[i - 1].key, input.key) === 0) continue;
+    memberRows.add(input);
+    const { organizationId, createdBy: userId } = input.key;
+    insertOutbox(tx, { ...input.audit, id: memberOutboxId(input.audit.id) }, { kind: "member", organizationId, userId });
+  }
   if (enrolled.length > 0) {
     tx.later(
       `INSERT INTO members (organization_id, user_id, role, update_time) VALUES ${tuples(enrolled.length, 4)}
@@ -759,6 +771,15 @@ async function insertKeys(tx: Transaction, inputs: NewKey[]): Promise<Omit<Creat
     );
   }
   insertAudits(tx, inputs.map((input) => input.audit));
+  // The new secrets' "created" announcement, in the outbox with them: one row for the batch (one
+  // organization), so a failed or never-made broadcast is published by another instance (docs/revocation.md).
+  const marks = inputs.flatMap((input) => (input.mark == null ? [] : [input.mark]));
+  let announcement: Announcement | undefined;
+  if (marks.length > 0) {
+    const invalidation: Invalidation = { kind: "created", marks };
+    insertOutbox(tx, inputs[0].audit, invalidation);
+    announcement = { outbox: { organizationId: inputs[0].audit.organizationId, id: inputs[0].audit.id }, invalidation };
+  }
   await tx.commit();
   const roles = new Map<string, number>();
   for (const row of before.result!) roles.set(creatorKey(row.organization_id as string, row.user_id as string), Number(row.role));
@@ -767,7 +788,13 @@ async function insertKeys(tx: Transaction, inputs: NewKey[]): Promise<Omit<Creat
     const added = input.enrollRole !== null && !roles.has(creator);
     if (added) roles.set(creator, input.enrollRole!);
     // Stored exactly as given (times keep their milliseconds), so no read-back is needed.
-    return { key: { ...input.key, limits: normalizeLimits(input.key.limits) }, memberChanged: added };
+    const created: Omit<CreatedKey, "created"> = { key: { ...input.key, limits: normalizeLimits(input.key.limits) }, memberChanged: added };
+    if (input.mark != null) created.announcement = announcement;
+    if (memberRows.has(input)) {
+      const { organizationId, createdBy: userId } = input.key;
+      created.memberAnnouncement = { outbox: { organizationId, id: memberOutboxId(input.audit.id) }, invalidation: { kind: "member", organizationId, userId } };
+    }
+    return created;
   });
 }
 

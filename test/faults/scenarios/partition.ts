@@ -4,6 +4,9 @@
 // - P, the revoking instance, cut off: RevokeKey answers UNAVAILABLE, and the
 //   change still reaches B and C (the outbox) within the documented bound;
 //   after that bound no instance accepts the key, ever.
+// - P cut off: CreateKey through P still returns the secret (the key is
+//   stored; its "created" announcement is in the outbox), and the key
+//   verifies on B and C within the same bound.
 // - P black-holed (a half-open connection: Redis still counts P as subscribed,
 //   P's writes go nowhere): RevokeKey through P answers, UNAVAILABLE or OK,
 //   instead of hanging; the same bound then holds.
@@ -145,6 +148,44 @@ export function partitionSuite(o: PartitionOptions): void {
             `${[...lastAccepted].map(([n, at]) => `${n} +${(at - returned).toFixed(0)} ms`).join(", ") || "none"} (${checks} checks)`,
         );
         expect(late.map(([n, at]) => `${n} accepted the key ${(at - returned).toFixed(0)} ms after RevokeKey answered`)).toEqual([]);
+      },
+      o.timeoutMs,
+    );
+
+    it(
+      "P alone cut off: CreateKey through P returns the secret, and B and C verify the key within the bound",
+      async () => {
+        proxy.cut();
+        await sleep(100);
+        const started = performance.now();
+        // Idempotent: a create answered UNAVAILABLE after its commit would have lost the secret for good (a retry
+        // with the same request_id returns the key without it).
+        const res = await p.grpcTransportClient.createKey(
+          { organizationId: ORG, actor: owner, name: "created-cut-off", requestId: "cut-off-create" },
+          { timeoutMs: 30_000 },
+        );
+        const returned = performance.now();
+        expect(res.secret).not.toBe("");
+        expect(returned - started).toBeLessThan(ANSWER_BOUND_MS);
+        const key = { id: res.key!.id, secret: res.secret };
+        // B and C learn of the secret from the outbox (published by one of them), not from P's broadcast.
+        const seen = new Map<string, number>();
+        await until(
+          "B and C verify the key created through the cut-off P",
+          async () => {
+            for (const s of [b, c]) {
+              if (seen.has(name(s))) continue;
+              if ((await verify(s, key)).valid) seen.set(name(s), performance.now() - returned);
+            }
+            return seen.size === 2;
+          },
+          UNANNOUNCED_BOUND_MS + 10_000,
+        );
+        console.log(`[partition] cut: CreateKey answered in ${(returned - started).toFixed(0)} ms; valid on ${[...seen].map(([n, ms]) => `${n} after ${ms.toFixed(0)} ms`).join(", ")}`);
+        for (const [n, ms] of seen) expect(ms, `${n} verified the key ${ms.toFixed(0)} ms after CreateKey answered`).toBeLessThan(UNANNOUNCED_BOUND_MS);
+        // The retry a client makes after a lost answer returns the same key (its secret was given once, above).
+        const again = await b.grpcTransportClient.createKey({ organizationId: ORG, actor: owner, name: "created-cut-off", requestId: "cut-off-create" });
+        expect(again.key!.id).toBe(key.id);
       },
       o.timeoutMs,
     );
