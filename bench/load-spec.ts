@@ -38,4 +38,10 @@ export interface LoadResult {
   p99Ms: number;
   /** Response message bytes per request: an error (trailers only) has none, so this shows what came back. */
   bytesPerResponse: number;
+  /**
+   * h2load only: the least bytesPerResponse can be. Its data count includes the bytes of answers cut off
+   * by --duration (started, not done), which a slow server leaves in flight: at most one per request started
+   * and not done, so the true size is between this (every such answer counted) and bytesPerResponse (none).
+   */
+  bytesPerResponseLow?: number;
 }
