@@ -37,11 +37,12 @@ export async function limitsCluster(b: Bench, main: MainService): Promise<void> 
   const cluster = await TestRedisCluster.start();
   let child: ServerChild | null = null;
   try {
-    child = await startServer("service", { env: serviceEnv(b, b.scratchUrl, { REDIS_CLUSTER_NODES: cluster.seeds }) });
-    const onCluster = client(child);
+    // Created through the main service, before the cluster's service starts: the two share the database but
+    // not a broadcast bus (one Redis each), so a key created on one would never reach the other's membership
+    // filter of stored secrets (it would answer NOT_FOUND); a service loads its filter from the database at start.
     const keys = [];
     for (let i = 0; i < KEYS; i++) {
-      const created = await onCluster.createKey({
+      const created = await main.client.createKey({
         organizationId: "org_bench_cluster",
         actor: OWNER,
         name: `bench: limits on a cluster ${i}`,
@@ -50,6 +51,8 @@ export async function limitsCluster(b: Bench, main: MainService): Promise<void> 
       });
       keys.push({ id: created.key!.id, secret: created.secret });
     }
+    child = await startServer("service", { env: serviceEnv(b, b.scratchUrl, { REDIS_CLUSTER_NODES: cluster.seeds }) });
+    const onCluster = client(child);
     const month = new MonthClock().at(Date.now());
     const masters = new Set(await Promise.all(keys.map((k) => cluster.masterFor(COUNTER_KEYS.credits(k.id, month)))));
     // Each service has each key cached (and its counters seeded) before anything is measured.
