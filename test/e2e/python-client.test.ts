@@ -40,6 +40,8 @@ describe.skipIf(skip)("Python client generated with protoc", () => {
       `--grpc_python_out=${out}`,
       `--plugin=protoc-gen-grpc_python=${GRPC_PYTHON_PLUGIN}`,
       "proto/apikeys/v1/apikeys.proto",
+      // Imported by VerifyKeyStream's answers; Python has no google.rpc module without googleapis-common-protos.
+      "proto/google/rpc/status.proto",
     ]);
     s = await startServer({ env: { CALLERS: JSON.stringify([{ name: "python", token: TOKEN, allow: ["manage", "verify"] }]) } });
   });

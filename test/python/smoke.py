@@ -2,7 +2,8 @@
 create -> verify -> revoke -> verify, printing one JSON line per step.
 
     protoc -I proto --python_out=OUT --grpc_python_out=OUT \
-        --plugin=protoc-gen-grpc_python=$(which grpc_python_plugin) proto/apikeys/v1/apikeys.proto
+        --plugin=protoc-gen-grpc_python=$(which grpc_python_plugin) \
+        proto/apikeys/v1/apikeys.proto proto/google/rpc/status.proto
     PYTHONPATH=OUT APIKEYS_TOKEN=... python3 test/python/smoke.py 127.0.0.1:50051
 
 test/e2e/python-client.test.ts runs it against a real server.
