@@ -72,6 +72,8 @@ export class VerifierStats {
   broken = 0;
   /** Calls in flight on a broken stream sent again as unary calls. */
   retried = 0;
+  /** Calls sent as unary calls from the start, because the stream was down or full. */
+  fellBack = 0;
 }
 
 interface Pending {
@@ -141,6 +143,7 @@ export class VerifierClient {
         this.inFlight.set(id, pending);
         stream.write(create(VerifyKeyStreamRequestSchema, { correlationId: id, request }));
       } else {
+        this.stats.fellBack++;
         this.unary(pending, options.timeoutMs);
       }
     });
